@@ -1,0 +1,51 @@
+"""Sandbox backends: where model-written code runs.
+
+Every backend implements :class:`~rlm.backends.base.Sandbox` and sends its sub-calls
+through the same :class:`~rlm.dispatch.SessionBridge`, so model code sees the same
+``llm_query`` / ``llm_batch`` whichever runs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rlm.backends.base import CellResult, Sandbox
+from rlm.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from rlm.config import RLMConfig
+    from rlm.dispatch import SessionBridge
+
+__all__ = ["CellResult", "Sandbox", "create_sandbox", "resolve_backend"]
+
+
+def resolve_backend(config: RLMConfig) -> tuple[str, str]:
+    """Pick the backend to use: ``(name, reason)``. ``auto`` prefers Docker."""
+    if config.backend == "restricted":
+        return "restricted", "asked for"
+    if config.backend == "docker":
+        return "docker", "asked for"
+    from rlm.backends import docker
+
+    problem = docker.unavailable_reason(config)
+    if problem is None:
+        return "docker", "Docker engine and image found"
+    return "restricted", f"Docker not usable ({problem})"
+
+
+def create_sandbox(name: str, bridge: SessionBridge, config: RLMConfig) -> Sandbox:
+    """A new, not yet started sandbox of backend ``name`` for one session."""
+    if name == "restricted":
+        from rlm.backends.restricted import RestrictedSandbox
+
+        return RestrictedSandbox(bridge, output_limit=config.output_limit)
+    if name == "docker":
+        from rlm.backends.docker import DockerSandbox
+
+        return DockerSandbox(
+            bridge,
+            output_limit=config.output_limit,
+            image=config.image,
+            runtime=config.docker_runtime,
+        )
+    raise ConfigurationError(f"unknown backend {name!r}; use restricted or docker")

@@ -1,0 +1,79 @@
+"""The interface every sandbox backend implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Any
+
+from rlm.dispatch import SessionBridge
+
+
+@dataclass
+class CellResult:
+    """What running one cell produced.
+
+    ``error`` is the formatted exception (traceback for model code, or the reason the
+    cell was stopped) and ``None`` when the cell ran to the end. ``state_lost`` says
+    the sandbox had to be restarted: every variable except ``context`` is gone.
+    """
+
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    timed_out: bool = False
+    duration_s: float = 0.0
+    state_lost: bool = False
+    truncated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Sandbox(abc.ABC):
+    """One session's isolated interpreter with a persistent namespace.
+
+    The namespace holds ``context``, ``llm_query``, ``llm_batch``, ``LLMError`` and
+    whatever cells define. Sub-calls go to ``bridge``, which is bound to the session on
+    the host side: nothing the sandbox sends can change whose session it is.
+    """
+
+    #: Short name shown to users ("restricted", "docker:runc", ...).
+    name: str = "sandbox"
+
+    def __init__(self, bridge: SessionBridge, *, output_limit: int = 100_000) -> None:
+        self.bridge = bridge
+        self.output_limit = output_limit
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get ready to run cells. Raises SandboxUnavailable with what to do."""
+
+    @abc.abstractmethod
+    async def load_context(self, context: Any) -> None:
+        """Bind ``context`` in the namespace (str, list or JSON-able dict)."""
+
+    @abc.abstractmethod
+    async def execute(self, code: str, timeout: float) -> CellResult:
+        """Run one cell; never raises for faults of the model's code."""
+
+    @abc.abstractmethod
+    async def get_variable(self, name: str) -> str:
+        """The variable's value as text. Raises VariableNotFound."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release everything; safe to call twice."""
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

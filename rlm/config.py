@@ -1,0 +1,102 @@
+"""Settings, from arguments first, then the environment, then a ``.env`` file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dotenv import load_dotenv
+
+from rlm.session import SessionLimits
+
+BACKENDS = ("auto", "restricted", "docker")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class RLMConfig:
+    """Everything an RLM run needs to know. Build with :meth:`from_env`."""
+
+    model: str | None = None
+    sub_model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str | None = None
+    backend: str = "auto"
+    docker_runtime: str = "runc"
+    image: str = "rlm-sandbox:latest"
+    cell_timeout: float = 60.0
+    request_timeout: float = 120.0
+    max_iterations: int = 20
+    #: Characters of a cell's output shown to the root model.
+    output_limit: int = 20_000
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    tenant: str = "default"
+
+    @classmethod
+    def from_env(cls, *, dotenv: bool = True, **overrides: Any) -> RLMConfig:
+        """Read RLM_* and OPENAI_* variables (and ``.env``); ``overrides`` win over both.
+
+        An override of ``None`` means "not given", so CLI flags can be passed through.
+        """
+        if dotenv:
+            load_dotenv(override=False)
+        values: dict[str, Any] = {
+            "model": _env("RLM_MODEL"),
+            "sub_model": _env("RLM_SUB_MODEL"),
+            "api_key": _env("OPENAI_API_KEY"),
+            "base_url": _env("OPENAI_BASE_URL"),
+            "backend": _env("RLM_BACKEND", "auto"),
+            "docker_runtime": _env("RLM_DOCKER_RUNTIME", "runc"),
+            "image": _env("RLM_IMAGE", "rlm-sandbox:latest"),
+        }
+        for name, kind in (
+            ("cell_timeout", float),
+            ("request_timeout", float),
+            ("max_iterations", int),
+            ("output_limit", int),
+        ):
+            raw = _env(f"RLM_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    from rlm.errors import ConfigurationError
+
+                    raise ConfigurationError(
+                        f"RLM_{name.upper()}={raw!r} is not a valid {kind.__name__}"
+                    ) from None
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown settings: {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: v for k, v in values.items() if v is not None}).checked()
+
+    def checked(self) -> RLMConfig:
+        from rlm.errors import ConfigurationError
+
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        if self.cell_timeout <= 0 or self.request_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        if self.max_iterations < 1:
+            raise ConfigurationError("max_iterations must be at least 1")
+        return self
+
+    def with_(self, **changes: Any) -> RLMConfig:
+        return replace(self, **changes).checked()
+
+    @property
+    def root_model(self) -> str | None:
+        return self.model
+
+    @property
+    def effective_sub_model(self) -> str | None:
+        return self.sub_model or self.model
