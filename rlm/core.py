@@ -1,0 +1,279 @@
+"""The root loop: the root model writes cells, the sandbox runs them, until FINAL."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from rlm.backends import CellResult, Sandbox, create_sandbox, resolve_backend
+from rlm.batcher import Batcher
+from rlm.client import ChatResult, ModelCallFailure, ModelClient
+from rlm.config import RLMConfig
+from rlm.dispatch import SessionBridge
+from rlm.errors import ConfigurationError, VariableNotFound
+from rlm.parsing import parse_reply
+from rlm.prompts import (
+    FORCE_FINAL,
+    NO_ACTION,
+    SYSTEM_PROMPT,
+    describe_context,
+    first_message,
+    missing_variable,
+)
+from rlm.result import RLMResult
+from rlm.session import SessionState
+from rlm.trajectory import Trajectory
+
+EventCallback = Callable[[dict[str, Any]], None]
+
+#: Tries for one root call when the provider fails in a way a retry can fix.
+ROOT_CALL_TRIES = 4
+
+
+class RLM:
+    """A Recursive Language Model over a pluggable sandbox.
+
+    >>> rlm = RLM(model="gpt-4.1", sub_model="gpt-4.1-mini")
+    >>> result = rlm.completion(context=huge_text, query="Who signed the contract?")
+    >>> result.answer
+
+    Settings not given here come from the environment and ``.env`` (see
+    :class:`~rlm.config.RLMConfig`). ``on_event`` receives every event of a run as it
+    happens (root calls, streamed root tokens when ``stream=True``, cells, batch
+    progress); ``trajectory_path`` appends them as JSON lines to a file.
+    """
+
+    def __init__(
+        self,
+        config: RLMConfig | None = None,
+        *,
+        on_event: EventCallback | None = None,
+        trajectory_path: str | Path | None = None,
+        stream: bool = False,
+        batcher: Batcher | None = None,
+        **settings: Any,
+    ) -> None:
+        base = config if config is not None else RLMConfig.from_env()
+        self.config = base.with_(**{k: v for k, v in settings.items() if v is not None})
+        self.on_event = on_event
+        self.trajectory_path = trajectory_path
+        self.stream = stream
+        self._batcher = batcher
+
+    def completion(self, context: Any, query: str) -> RLMResult:
+        """Answer ``query`` about ``context`` (blocking)."""
+        return anyio.run(self.acompletion, context, query)
+
+    async def acompletion(self, context: Any, query: str) -> RLMResult:
+        """Answer ``query`` about ``context``."""
+        config = self.config
+        if not config.model:
+            raise ConfigurationError(
+                "no root model: set RLM_MODEL (or pass model=...), "
+                "e.g. RLM_MODEL=gpt-4.1 with OPENAI_API_KEY set"
+            )
+        _check_context(context)
+        started = time.monotonic()
+        trajectory = Trajectory(self.trajectory_path, on_event=self.on_event)
+        own_client: ModelClient | None = None
+        batcher = self._batcher
+        if batcher is None:
+            own_client = ModelClient(
+                api_key=config.api_key, base_url=config.base_url, timeout=config.request_timeout
+            )
+            batcher = Batcher(own_client)
+        client = batcher.client
+        session = SessionState(
+            sub_model=config.effective_sub_model or config.model,
+            limits=config.limits,
+            tenant=config.tenant,
+            emit=trajectory.emit,
+        )
+        backend, reason = resolve_backend(config)
+        sandbox = create_sandbox(backend, SessionBridge(batcher, session), config)
+        trajectory.add(
+            "run_start",
+            query=query,
+            context=describe_context(context),
+            model=config.model,
+            sub_model=session.sub_model,
+            backend=sandbox.name,
+            backend_reason=reason,
+        )
+        try:
+            await sandbox.start()
+            await sandbox.load_context(context)
+            run = _Run(config, client, sandbox, session, trajectory, stream=self.stream)
+            answer, iterations, forced = await run.loop(query, context)
+            trajectory.add("final", answer=answer, forced=forced)
+            trajectory.add("usage", **session.usage.to_dict())
+            return RLMResult(
+                answer=answer,
+                iterations=iterations,
+                usage=session.usage,
+                wall_time_s=time.monotonic() - started,
+                backend=sandbox.name,
+                session_id=session.session_id,
+                forced=forced,
+                trajectory=trajectory.events,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sandbox.close()
+                if own_client is not None:
+                    await own_client.aclose()
+                trajectory.close()
+
+
+def _check_context(context: Any) -> None:
+    if not isinstance(context, (str, list, dict)):
+        raise TypeError(
+            f"context must be a str, a list or a JSON-able dict, not {type(context).__name__}"
+        )
+
+
+class _Run:
+    """One run's conversation with the root model."""
+
+    def __init__(
+        self,
+        config: RLMConfig,
+        client: ModelClient,
+        sandbox: Sandbox,
+        session: SessionState,
+        trajectory: Trajectory,
+        *,
+        stream: bool,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.sandbox = sandbox
+        self.session = session
+        self.trajectory = trajectory
+        self.stream = stream
+
+    async def loop(self, query: str, context: Any) -> tuple[str, int, bool]:
+        system = SYSTEM_PROMPT.format(
+            context_kind=describe_context(context),
+            max_prompt_chars=self.config.limits.max_prompt_chars,
+            output_limit=self.config.output_limit,
+        )
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": first_message(query, context)},
+        ]
+        for iteration in range(1, self.config.max_iterations + 1):
+            text = await self.root_call(messages, iteration)
+            messages.append({"role": "assistant", "content": text})
+            reply = parse_reply(text)
+            feedback = [await self.run_cell(code, iteration) for code in reply.cells]
+            if reply.final is not None:
+                if reply.final.variable is None:
+                    return reply.final.answer or "", iteration, False
+                try:
+                    return await self.sandbox.get_variable(reply.final.variable), iteration, False
+                except VariableNotFound:
+                    feedback.append(missing_variable(reply.final.variable))
+                    self.trajectory.add("missing_variable", name=reply.final.variable)
+            if reply.problem:
+                feedback.append(f"Note: {reply.problem}; that block was not run.")
+            if not feedback:
+                feedback.append(NO_ACTION)
+                self.trajectory.add("no_action", iteration=iteration)
+            messages.append({"role": "user", "content": "\n\n".join(feedback)})
+        return await self.forced_final(messages)
+
+    async def forced_final(self, messages: list[dict[str, str]]) -> tuple[str, int, bool]:
+        iteration = self.config.max_iterations + 1
+        messages.append({"role": "user", "content": FORCE_FINAL})
+        text = await self.root_call(messages, iteration)
+        final = parse_reply(text).final
+        if final is not None and final.variable is not None:
+            try:
+                return await self.sandbox.get_variable(final.variable), iteration, True
+            except VariableNotFound:
+                return (
+                    f"(no answer: FINAL_VAR named a missing variable {final.variable!r})",
+                    iteration,
+                    True,
+                )
+        if final is not None:
+            return final.answer or "", iteration, True
+        return text.strip(), iteration, True
+
+    async def root_call(self, messages: list[dict[str, str]], iteration: int) -> str:
+        model = self.config.model
+        assert model is not None
+        usage = self.session.usage.model(model)
+        started = time.monotonic()
+        for attempt in range(1, ROOT_CALL_TRIES + 1):
+            try:
+                answer = await self._chat(model, messages)
+                break
+            except ModelCallFailure as exc:
+                if not exc.retryable or attempt == ROOT_CALL_TRIES:
+                    usage.failures += 1
+                    raise
+                usage.retries += 1
+                delay = exc.retry_after if exc.retry_after is not None else 2 ** (attempt - 1)
+                self.trajectory.add("root_retry", attempt=attempt, kind=exc.kind, delay=delay)
+                await anyio.sleep(min(delay, 30.0) * (1 + random.random() * 0.1))
+        seconds = time.monotonic() - started
+        usage.calls += 1
+        usage.prompt_tokens += answer.prompt_tokens
+        usage.completion_tokens += answer.completion_tokens
+        usage.seconds += seconds
+        self.trajectory.add(
+            "root_call",
+            iteration=iteration,
+            text=answer.text,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            seconds=round(seconds, 4),
+        )
+        return answer.text
+
+    async def _chat(self, model: str, messages: list[dict[str, str]]) -> ChatResult:
+        if not self.stream:
+            return await self.client.chat(model, messages)
+        async for part in self.client.chat_stream(model, messages):
+            if isinstance(part, ChatResult):
+                return part
+            self.trajectory.add("root_delta", text=part)
+        raise ModelCallFailure(f"the stream from {model!r} ended early", kind="server")
+
+    async def run_cell(self, code: str, iteration: int) -> str:
+        self.trajectory.add("cell", iteration=iteration, code=code)
+        result = await self.sandbox.execute(code, self.config.cell_timeout)
+        self.trajectory.add("output", iteration=iteration, **result.to_dict())
+        return format_output(result, self.config.output_limit, self.config.cell_timeout)
+
+
+def format_output(result: CellResult, limit: int, timeout: float) -> str:
+    """A cell's result as the root model reads it, cut to ``limit`` characters."""
+    parts = [result.stdout]
+    if result.stderr:
+        parts.append(f"[stderr]\n{result.stderr}")
+    if result.error:
+        parts.append(f"[error]\n{result.error}")
+    if result.timed_out:
+        parts.append(f"[the cell was stopped after {timeout:g} s]")
+    if result.state_lost:
+        parts.append(
+            "[the sandbox was restarted: every variable you defined is gone; "
+            "`context`, `llm_query` and `llm_batch` are still there]"
+        )
+    text = "\n".join(p.rstrip("\n") for p in parts if p)
+    if len(text) > limit or result.truncated:
+        shown = text[:limit]
+        return (
+            f"{shown}\n[output truncated: showing {len(shown):,} of "
+            f"{len(text):,}{'+' if result.truncated else ''} characters; "
+            "print less, or slice what you print]"
+        )
+    return text or "[no output]"

@@ -1,0 +1,79 @@
+"""What the root model is told."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SYSTEM_PROMPT = """\
+You answer a query about a context that is far too large to read at once. You work in \
+a Python REPL where the context is already loaded, and you can ask sub-models for help.
+
+In the REPL you have:
+- `context`: the data ({context_kind}). Inspect it with code: its length, its first \
+lines, its structure. Never print all of it.
+- `llm_query(prompt) -> str`: ask a sub-model one prompt (it sees only the prompt, \
+up to about {max_prompt_chars:,} characters).
+- `llm_batch(prompts, max_concurrent=None) -> list[str]`: ask many prompts at once; \
+answers come back in the same order. Prefer it to calling `llm_query` in a loop: \
+N prompts take about as long as one when they run in parallel. Use it whenever you \
+have more than one independent prompt (for example one per chunk of the context). \
+`max_concurrent` caps how many run at the same time.
+- A failed sub-call returns an `LLMError` (a str subclass) instead of raising: check \
+with `isinstance(answer, LLMError)` and retry or skip those items. A call the host \
+refuses (over a budget, bad arguments) raises `RLMCallError`.
+- Variables persist between cells; `print` shows you output, cut after \
+{output_limit:,} characters.
+- Modules such as re, json, math, collections and itertools can be imported.
+
+To run code, write it in a fenced block that starts with ```repl on its own line and \
+ends with ``` on its own line. You will see each block's output in the next message. \
+Work step by step: look at the data, split it, ask sub-models about the parts, \
+combine their answers.
+
+When you know the answer, reply with FINAL(your answer) on a line of its own, or \
+FINAL_VAR(name) to answer with the value of a REPL variable. Do not answer before \
+you have checked the context.\
+"""
+
+
+def describe_context(context: Any) -> str:
+    if isinstance(context, str):
+        lines = context.count("\n") + 1 if context else 0
+        return f"a str of {len(context):,} characters in {lines:,} lines"
+    if isinstance(context, list):
+        return f"a list of {len(context):,} items"
+    if isinstance(context, dict):
+        return f"a dict with {len(context):,} keys"
+    return f"a {type(context).__name__}"
+
+
+def first_message(query: str, context: Any) -> str:
+    return (
+        f"Query: {query}\n\n"
+        f"The context is {describe_context(context)}. It is in the REPL as `context`; "
+        "it is not shown here. Start by inspecting it."
+    )
+
+
+def cell_feedback(index: int, total: int, code: str, output: str) -> str:
+    header = f"Cell {index + 1} of {total}" if total > 1 else "Cell"
+    return f"{header} output:\n{output}" if output else f"{header} ran with no output."
+
+
+NO_ACTION = (
+    "Your reply had no ```repl block and no FINAL(...). Write code in a ```repl block "
+    "to keep working, or answer with FINAL(answer) or FINAL_VAR(variable_name)."
+)
+
+FORCE_FINAL = (
+    "You have used every iteration. Reply now with your best answer as FINAL(answer), "
+    "or FINAL_VAR(variable_name) for a variable you already have. Do not write code."
+)
+
+
+def missing_variable(name: str) -> str:
+    return (
+        f"FINAL_VAR({name}) failed: there is no variable named {name!r} in the REPL. "
+        "Assign it in a ```repl block first, then reply FINAL_VAR(name) again, or answer "
+        "with FINAL(answer)."
+    )
