@@ -1,0 +1,85 @@
+"""Showing a run as it happens: root calls, cells and a progress bar per batch."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+
+class RunReporter:
+    """An ``on_event`` callback that prints a run's progress to a console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("  sub-calls"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._batch: TaskID | None = None
+
+    def __enter__(self) -> RunReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        say = self.progress.console.print
+        if kind == "run_start":
+            say(
+                f"[bold]rlm[/] {event['model']} → sub-model {event['sub_model']} "
+                f"on [cyan]{event['backend']}[/] ({event['backend_reason']}); "
+                f"context: {event['context']}"
+            )
+        elif kind == "root_call":
+            tokens = event["prompt_tokens"] + event["completion_tokens"]
+            say(
+                f"[bold]iteration {event['iteration']}[/]: root model replied "
+                f"({tokens:,} tokens, {event['seconds']:.2f} s)"
+            )
+        elif kind == "output":
+            status = "[red]error[/]" if event.get("error") else "[green]ok[/]"
+            if event.get("timed_out"):
+                status = "[red]timed out[/]"
+            say(f"  cell {status} in {event['duration_s']:.2f} s")
+        elif kind == "batch_start":
+            self._batch = self.progress.add_task("batch", total=event["size"])
+        elif kind == "batch_progress" and self._batch is not None:
+            self.progress.update(self._batch, completed=event["done"])
+        elif kind == "batch_end" and self._batch is not None:
+            self.progress.remove_task(self._batch)
+            self._batch = None
+            failures = event.get("failures", 0)
+            note = f", [red]{failures} failed[/]" if failures else ""
+            say(
+                f"  llm_batch: {event['size']} sub-calls to {event['model']} "
+                f"in {event['seconds']:.2f} s{note}"
+            )
+        elif kind == "missing_variable":
+            say(f"  [yellow]FINAL_VAR named a missing variable {event['name']!r}[/]")
+        elif kind == "root_retry":
+            say(
+                f"  [yellow]root call failed ({event['kind']}); "
+                f"retrying in {event['delay']:.1f} s[/]"
+            )
