@@ -6,15 +6,19 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values, find_dotenv
 
 from rlm.session import SessionLimits
 
 BACKENDS = ("auto", "restricted", "docker")
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def _env(
+    name: str, default: str | None = None, dotfile: dict[str, str | None] | None = None
+) -> str | None:
     value = os.environ.get(name)
+    if value in (None, "") and dotfile:
+        value = dotfile.get(name)
     return value if value not in (None, "") else default
 
 
@@ -43,16 +47,17 @@ class RLMConfig:
 
         An override of ``None`` means "not given", so CLI flags can be passed through.
         """
-        if dotenv:
-            load_dotenv(override=False)
+        # .env fills in what the environment leaves unset, without being copied into
+        # os.environ: the process environment stays as the operator set it.
+        dotfile = dotenv_values(find_dotenv(usecwd=True)) if dotenv else {}
         values: dict[str, Any] = {
-            "model": _env("RLM_MODEL"),
-            "sub_model": _env("RLM_SUB_MODEL"),
-            "api_key": _env("OPENAI_API_KEY"),
-            "base_url": _env("OPENAI_BASE_URL"),
-            "backend": _env("RLM_BACKEND", "auto"),
-            "docker_runtime": _env("RLM_DOCKER_RUNTIME", "runc"),
-            "image": _env("RLM_IMAGE", "rlm-sandbox:latest"),
+            "model": _env("RLM_MODEL", None, dotfile),
+            "sub_model": _env("RLM_SUB_MODEL", None, dotfile),
+            "api_key": _env("OPENAI_API_KEY", None, dotfile),
+            "base_url": _env("OPENAI_BASE_URL", None, dotfile),
+            "backend": _env("RLM_BACKEND", "auto", dotfile),
+            "docker_runtime": _env("RLM_DOCKER_RUNTIME", "runc", dotfile),
+            "image": _env("RLM_IMAGE", "rlm-sandbox:latest", dotfile),
         }
         for name, kind in (
             ("cell_timeout", float),
@@ -60,7 +65,7 @@ class RLMConfig:
             ("max_iterations", int),
             ("output_limit", int),
         ):
-            raw = _env(f"RLM_{name.upper()}")
+            raw = _env(f"RLM_{name.upper()}", None, dotfile)
             if raw is not None:
                 try:
                     values[name] = kind(raw)

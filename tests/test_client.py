@@ -1,0 +1,114 @@
+"""The model client against the offline server over real HTTP."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from rlm.client import ChatResult, ModelCallFailure, ModelClient
+from rlm.config import RLMConfig
+from rlm.errors import ConfigurationError
+from rlm.testing import Fault, OfflineModelServer
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+async def test_chat_returns_text_and_usage(server: OfflineModelServer) -> None:
+    client = ModelClient(api_key="k", base_url=server.base_url)
+    try:
+        result = await client.chat("sub", MESSAGES)
+    finally:
+        await client.aclose()
+    assert result.text == "echo: hello"
+    assert result.prompt_tokens > 0 and result.completion_tokens > 0
+
+
+def test_no_key_is_a_clear_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        ModelClient(api_key=None)
+
+
+def test_config_reads_env_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("RLM_MODEL=from-dotenv\nRLM_SUB_MODEL=sub-dotenv\n")
+    monkeypatch.setenv("RLM_MODEL", "from-env")
+    config = RLMConfig.from_env(backend="restricted")
+    assert config.model == "from-env"  # the environment wins over .env
+    assert config.effective_sub_model == "sub-dotenv"
+    assert RLMConfig.from_env(model="flag").model == "flag"  # flags win over both
+    monkeypatch.setenv("RLM_CELL_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="RLM_CELL_TIMEOUT"):
+        RLMConfig.from_env()
+    monkeypatch.delenv("RLM_CELL_TIMEOUT")
+    with pytest.raises(ConfigurationError, match="unknown backend"):
+        RLMConfig.from_env(backend="vm")
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "retryable"),
+    [
+        (Fault(status=429, retry_after=1.5), "rate_limit", True),
+        (Fault(status=500), "server", True),
+        (Fault(status=503), "server", True),
+        (Fault(status=400), "bad_request", False),
+        (Fault(status=401), "auth", False),
+        (Fault(status=404), "not_found", False),
+    ],
+)
+async def test_status_errors_are_classified(
+    server: OfflineModelServer, fault: Fault, kind: str, retryable: bool
+) -> None:
+    server.add_fault(fault)
+    client = ModelClient(api_key="k", base_url=server.base_url)
+    try:
+        with pytest.raises(ModelCallFailure) as caught:
+            await client.chat("sub", MESSAGES)
+    finally:
+        await client.aclose()
+    assert caught.value.kind == kind
+    assert caught.value.status == fault.status
+    assert caught.value.retryable is retryable
+    if fault.retry_after is not None:
+        assert caught.value.retry_after == fault.retry_after
+
+
+async def test_hanging_server_times_out_and_the_request_is_dropped(
+    server: OfflineModelServer,
+) -> None:
+    server.add_fault(Fault(status=0))
+    client = ModelClient(api_key="k", base_url=server.base_url, timeout=0.3)
+    try:
+        with pytest.raises(ModelCallFailure) as caught:
+            await client.chat("sub", MESSAGES)
+    finally:
+        await client.aclose()
+    assert caught.value.kind == "timeout" and caught.value.retryable
+
+
+async def test_unreachable_server_says_what_to_check() -> None:
+    with socket.socket() as sock:  # a loopback port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = ModelClient(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", timeout=2)
+    try:
+        with pytest.raises(ModelCallFailure, match="OPENAI_BASE_URL") as caught:
+            await client.chat("sub", MESSAGES)
+    finally:
+        await client.aclose()
+    assert caught.value.kind == "connection"
+
+
+async def test_stream_yields_deltas_then_the_whole_result(server: OfflineModelServer) -> None:
+    client = ModelClient(api_key="k", base_url=server.base_url)
+    parts = []
+    try:
+        async for part in client.chat_stream("sub", MESSAGES):
+            parts.append(part)
+    finally:
+        await client.aclose()
+    *deltas, final = parts
+    assert isinstance(final, ChatResult)
+    assert "".join(deltas) == final.text == "echo: hello"
+    assert len(deltas) > 1
+    assert final.prompt_tokens > 0
