@@ -69,6 +69,8 @@ class ServerStats:
     by_status: Counter[int] = field(default_factory=Counter)
     prompts: Counter[str] = field(default_factory=Counter)
     models: Counter[str] = field(default_factory=Counter)
+    #: The largest request body seen per model, in bytes.
+    largest_request: Counter[str] = field(default_factory=Counter)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -207,6 +209,7 @@ class OfflineModelServer:
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         self.stats.models[model] += 1
+        self.stats.largest_request[model] = max(self.stats.largest_request[model], len(body))
         self.stats.prompts[text] += 1
         try:
             await self._complete(request, model, messages, text, receive, send)
