@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -51,3 +52,13 @@ def make_config(server: OfflineModelServer, **overrides: object) -> RLMConfig:
     }
     settings.update(overrides)
     return RLMConfig(**settings).checked()  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under RLM_NO_SKIP (set by scripts/test.sh, so in CI) a skipped test fails."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and os.environ.get("RLM_NO_SKIP") and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped where nothing may skip (RLM_NO_SKIP): {report.longrepr}"
