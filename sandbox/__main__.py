@@ -1,0 +1,5 @@
+"""Entry point of the sandbox container: ``python3 -m rlm_sandbox``."""
+
+from .runner import main
+
+main()

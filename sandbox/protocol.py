@@ -1,0 +1,202 @@
+"""The wire protocol between the host and the sandbox runner (stdlib only).
+
+Both ends import this one module, so there is a single definition of the framing,
+the message types and their fields.
+
+**Framing.** A message is a JSON object, UTF-8 encoded, cut into frames of at most
+:data:`MAX_FRAME` payload bytes. Each frame is a 9-byte ASCII header -- one kind
+letter (``P`` for a part with more to follow, ``M`` for the last or only part) and
+the payload length as 8 lowercase hex digits -- then the payload. Large messages
+(a 100 MB context, a big batch of prompts) therefore stream as many bounded frames,
+and a reader can refuse an oversized frame from its header alone.
+
+The header is text on purpose: with compact JSON (control characters escaped), the
+host-to-sandbox stream never contains a byte below 0x20, so Docker's attach
+"detach keys" (control characters) can never match inside it.
+
+**Messages.** Every message has a ``type``; the fields of each type and their JSON
+types are fixed in :data:`FROM_HOST` and :data:`FROM_SANDBOX`, and
+:func:`validate` rejects anything else (unknown type, missing or extra field, wrong
+type, id out of range).
+
+**Session.** The host sends ``hello``; the runner answers ``hello`` with its
+protocol version, then serves requests one at a time: ``load_context`` ->
+``loaded``, ``execute`` -> ``result``, ``get_variable`` -> ``variable``. While a
+cell runs, the runner may send ``call`` requests (sub-calls from model code); the
+host answers each with ``reply`` or ``refused`` carrying the same id. ``interrupt``
+asks the runner to stop the running cell (it then answers that cell's ``result``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+#: Payload bytes per frame.
+MAX_FRAME = 1 << 20
+#: Default cap on one reassembled message, per direction (the host sets its own).
+DEFAULT_MAX_MESSAGE = 256 << 20
+HEADER_SIZE = 9
+PART, LAST = b"P", b"M"
+MAX_ID = (1 << 53) - 1
+
+_NONE = type(None)
+_JSON = (str, int, float, bool, list, dict, _NONE)
+
+#: Messages the host sends; field -> accepted JSON types.
+FROM_HOST: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"protocol": (int,)},
+    "load_context": {"id": (int,), "context": (str, list, dict)},
+    "execute": {"id": (int,), "code": (str,), "output_limit": (int,)},
+    "get_variable": {"id": (int,), "name": (str,), "max_chars": (int,)},
+    "interrupt": {"id": (int,)},
+    "reply": {"id": (int,), "result": _JSON},
+    "refused": {"id": (int,), "message": (str,)},
+}
+
+#: Messages the sandbox sends; the host accepts nothing else.
+FROM_SANDBOX: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {"protocol": (int,), "python": (str,)},
+    "loaded": {"id": (int,)},
+    "result": {
+        "id": (int,),
+        "stdout": (str,),
+        "stderr": (str,),
+        "error": (str, _NONE),
+        "truncated": (bool,),
+        "interrupted": (bool,),
+    },
+    "variable": {"id": (int,), "found": (bool,), "value": (str,), "truncated": (bool,)},
+    "call": {"id": (int,), "method": (str,), "params": (dict,)},
+    "fatal": {"message": (str,)},
+}
+
+
+class ProtocolViolation(ValueError):
+    """A frame or message that breaks the protocol; the message says how."""
+
+
+def encode(message: dict[str, Any]) -> Iterator[bytes]:
+    """The frames of ``message``, headers and payloads as separate chunks."""
+    data = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    payload = memoryview(data.encode("utf-8", "surrogatepass"))
+    total = len(payload)
+    start = 0
+    while True:
+        end = min(start + MAX_FRAME, total)
+        kind = LAST if end == total else PART
+        yield kind + b"%08x" % (end - start)
+        if end > start:
+            yield payload[start:end]  # type: ignore[misc]
+        if end == total:
+            return
+        start = end
+
+
+def encode_bytes(message: dict[str, Any]) -> bytes:
+    """All frames of ``message`` as one bytes object (for small messages)."""
+    return b"".join(encode(message))
+
+
+class Decoder:
+    """Turns a byte stream into messages, enforcing the frame and message caps.
+
+    Feed it whatever arrives; it returns the complete messages so far. After a
+    :class:`ProtocolViolation` the stream is unusable and the decoder stays broken.
+    """
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._broken: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received that are not yet part of a complete message."""
+        return len(self._buf) + self._size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; returns the payloads of the messages it completed."""
+        if self._broken is not None:
+            raise ProtocolViolation(self._broken)
+        self._buf += data
+        done: list[bytes] = []
+        pos = 0
+        buf = self._buf
+        try:
+            while len(buf) - pos >= HEADER_SIZE:
+                kind = bytes(buf[pos : pos + 1])
+                length = _frame_length(bytes(buf[pos + 1 : pos + HEADER_SIZE]))
+                if kind not in (PART, LAST):
+                    raise ProtocolViolation(f"unknown frame kind {kind!r}")
+                if self._size + length > self.max_message:
+                    raise ProtocolViolation(
+                        f"message larger than the {self.max_message:,}-byte limit"
+                    )
+                if len(buf) - pos - HEADER_SIZE < length:
+                    break
+                start = pos + HEADER_SIZE
+                self._parts.append(bytes(buf[start : start + length]))
+                self._size += length
+                pos = start + length
+                if kind == LAST:
+                    done.append(b"".join(self._parts))
+                    self._parts.clear()
+                    self._size = 0
+        except ProtocolViolation as exc:
+            self._broken = str(exc)
+            raise
+        finally:
+            del buf[:pos]
+        return done
+
+
+def _frame_length(header: bytes) -> int:
+    if len(header) != 8 or not all(c in b"0123456789abcdef" for c in header):
+        raise ProtocolViolation(f"malformed frame header {header[:8]!r}")
+    length = int(header, 16)
+    if length > MAX_FRAME:
+        raise ProtocolViolation(f"frame of {length:,} bytes is over the {MAX_FRAME:,}-byte cap")
+    return length
+
+
+def parse(payload: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> dict[str, Any]:
+    """Decode one message's JSON and check it against ``schema``."""
+    try:
+        message = json.loads(payload.decode("utf-8", "surrogatepass"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolViolation(f"frame is not valid JSON ({str(exc)[:100]})") from None
+    validate(message, schema)
+    return message
+
+
+def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) -> None:
+    """Raise :class:`ProtocolViolation` unless ``message`` matches one type in ``schema``."""
+    if not isinstance(message, dict):
+        raise ProtocolViolation("message is not a JSON object")
+    kind = message.get("type")
+    fields = schema.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        raise ProtocolViolation(f"unknown message type {str(kind)[:40]!r}")
+    keys = set(message) - {"type"}
+    if keys != set(fields):
+        missing = sorted(set(fields) - keys)
+        extra = sorted(keys - set(fields))
+        raise ProtocolViolation(
+            f"{kind} message has wrong fields (missing {missing[:5]}, unexpected {extra[:5]})"
+        )
+    for name, types in fields.items():
+        value = message[name]
+        # bool is an int in Python; an id or a version must be a real integer.
+        if isinstance(value, bool) and bool not in types:
+            raise ProtocolViolation(f"{kind}.{name} has the wrong type (bool)")
+        if not isinstance(value, types):
+            raise ProtocolViolation(f"{kind}.{name} has the wrong type ({type(value).__name__})")
+    ident = message.get("id")
+    if ident is not None and not 0 <= ident <= MAX_ID:
+        raise ProtocolViolation(f"{kind}.id is out of range")

@@ -1,0 +1,393 @@
+"""The sandbox's own process: runs model code cells in one persistent namespace.
+
+It talks to the host over its stdin/stdout with :mod:`protocol` frames. Before
+anything else it moves the protocol onto private file descriptors and points fd 0
+at /dev/null and fds 1 and 2 at pipes it drains into the current cell's output,
+so nothing model code does -- ``print``, ``os.write(1, ...)``, a child process --
+can write into the protocol stream (except by deliberately finding the private
+descriptor, which the host treats as hostile input and validates like anything
+else).
+
+Three threads: the main thread runs cells (so SIGINT can interrupt them), a reader
+thread receives frames (replies to sub-calls and interrupts arrive while a cell is
+running), and a drain thread copies fd-level output into the capture buffers.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import linecache
+import os
+import queue
+import select
+import signal
+import sys
+import threading
+import traceback
+from codecs import getincrementaldecoder
+from typing import Any
+
+from . import protocol
+from .api import RLMCallError, make_functions
+
+#: The part of a cell's output kept when it overflows, and what replaces the rest.
+_TRUNCATED = "\n... [output truncated: {n:,} more characters]"
+
+
+class _Capture:
+    """A text sink that keeps the first ``limit`` characters and counts the rest."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+        self._kept = 0
+        self._dropped = 0
+        self.limit = 0
+
+    def reset(self, limit: int) -> None:
+        with self._lock:
+            self._parts, self._kept, self._dropped, self.limit = [], 0, 0, limit
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        with self._lock:
+            room = self.limit - self._kept
+            if room > 0:
+                piece = text[:room]
+                self._parts.append(piece)
+                self._kept += len(piece)
+            self._dropped += max(0, len(text) - max(room, 0))
+
+    def take(self) -> tuple[str, bool]:
+        with self._lock:
+            text = "".join(self._parts)
+            dropped = self._dropped
+            self._parts, self._kept, self._dropped = [], 0, 0
+        if dropped:
+            text += _TRUNCATED.format(n=dropped)
+        return text, bool(dropped)
+
+
+class _Stream:
+    """What ``sys.stdout`` / ``sys.stderr`` are while the runner lives."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, capture: _Capture, fileno: int) -> None:
+        self._capture = capture
+        self._fileno = fileno
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._capture.add(text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # Code that writes to the descriptor directly lands in the drained pipe.
+        return self._fileno
+
+    @property
+    def buffer(self) -> _BinaryStream:
+        return _BinaryStream(self)
+
+
+class _BinaryStream:
+    """``sys.stdout.buffer``: bytes in, decoded into the same capture."""
+
+    def __init__(self, text: _Stream) -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(bytes(data).decode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Call:
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: str | None = None
+
+
+class Runner:
+    """One sandbox: the namespace, the channel to the host, the capture buffers."""
+
+    def __init__(self, proto_in: int, proto_out: int, out_pipe: int, err_pipe: int) -> None:
+        self._in = proto_in
+        self._out = proto_out
+        self._send_lock = threading.Lock()
+        self._requests: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._calls: dict[int, _Call] = {}
+        self._calls_lock = threading.Lock()
+        self._call_ids = itertools.count(1)
+        self._cell_lock = threading.Lock()
+        self._cell_id: int | None = None
+        self._armed = False
+        self._stdout = _Capture()
+        self._stderr = _Capture()
+        self._pipes = {out_pipe: self._stdout, err_pipe: self._stderr}
+        self._decoders = {fd: getincrementaldecoder("utf-8")("replace") for fd in self._pipes}
+        self._drain_lock = threading.Lock()
+        self._cells = itertools.count(1)
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.namespace.update(make_functions(self._transport))
+
+    # -- channel ---------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            for chunk in protocol.encode(message):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._out, view) :]
+
+    def _read_loop(self) -> None:
+        decoder = protocol.Decoder(max_message=1 << 40)
+        while True:
+            try:
+                data = os.read(self._in, 1 << 20)
+            except InterruptedError:
+                continue
+            if not data:
+                # The host is gone: nothing left to serve.
+                os._exit(0)
+            for payload in decoder.feed(data):
+                message = protocol.parse(payload, protocol.FROM_HOST)
+                self._route(message)
+
+    def _route(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind in ("reply", "refused"):
+            with self._calls_lock:
+                call = self._calls.get(message["id"])
+            if call is not None:  # else the caller was interrupted and left
+                if kind == "reply":
+                    call.result = message["result"]
+                else:
+                    call.error = message["message"]
+                call.done.set()
+        elif kind == "interrupt":
+            with self._cell_lock:
+                if self._cell_id == message["id"] and self._armed:
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        else:
+            self._requests.put(message)
+
+    def _transport(self, method: str, params: dict[str, Any]) -> Any:
+        call = _Call()
+        call_id = next(self._call_ids)
+        with self._calls_lock:
+            self._calls[call_id] = call
+        try:
+            self.send({"type": "call", "id": call_id, "method": method, "params": params})
+            call.done.wait()  # interruptible by SIGINT in the main thread
+        finally:
+            with self._calls_lock:
+                self._calls.pop(call_id, None)
+        if call.error is not None:
+            raise RLMCallError(call.error)
+        return call.result
+
+    # -- output ----------------------------------------------------------------
+
+    def _drain_loop(self) -> None:
+        fds = list(self._pipes)
+        while True:
+            ready, _, _ = select.select(fds, [], [])
+            with self._drain_lock:
+                for fd in ready:
+                    self._drain_fd(fd)
+
+    def _drain_fd(self, fd: int) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            self._pipes[fd].add(self._decoders[fd].decode(data))
+
+    def _drain_now(self) -> None:
+        # Everything written to fds 1/2 before this point is in the pipes already.
+        with self._drain_lock:
+            for fd in self._pipes:
+                self._drain_fd(fd)
+
+    # -- requests --------------------------------------------------------------
+
+    def serve(self) -> None:
+        for name, loop in (("rlm-reader", self._read_loop), ("rlm-drain", self._drain_loop)):
+            threading.Thread(target=self._guarded(loop), name=name, daemon=True).start()
+        while True:
+            message = self._requests.get()
+            if message is None:
+                return
+            self._handle(message)
+
+    def _guarded(self, loop: Any) -> Any:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as exc:  # a broken channel: tell the host, then stop
+                try:
+                    self.send({"type": "fatal", "message": f"{type(exc).__name__}: {exc}"[:2000]})
+                finally:
+                    os._exit(3)
+
+        return run
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "hello":
+            self.send(
+                {
+                    "type": "hello",
+                    "protocol": protocol.PROTOCOL_VERSION,
+                    "python": sys.version.split()[0],
+                }
+            )
+        elif kind == "load_context":
+            self.namespace["context"] = message["context"]
+            del message["context"]  # keep a single reference to a large context
+            self.send({"type": "loaded", "id": message["id"]})
+        elif kind == "execute":
+            self.send(self._execute(message["id"], message["code"], message["output_limit"]))
+        elif kind == "get_variable":
+            self.send(self._variable(message["id"], message["name"], message["max_chars"]))
+
+    def _execute(self, cell_id: int, code: str, limit: int) -> dict[str, Any]:
+        self._drain_now()
+        self._stdout.reset(max(0, limit))
+        self._stderr.reset(max(0, limit))
+        filename = f"<cell-{next(self._cells)}>"
+        error: str | None = None
+        interrupted = False
+        with self._cell_lock:
+            self._cell_id = cell_id
+        try:
+            compiled = _compile(code, filename)
+            try:
+                self._armed = True
+                for block, display in compiled:
+                    value = eval(block, self.namespace)
+                    if display and value is not None:
+                        print(repr(value))
+            finally:
+                with self._cell_lock:
+                    self._armed = False
+                    self._cell_id = None
+        except KeyboardInterrupt:
+            interrupted = True
+            error = _format_error(*sys.exc_info(), filename)  # type: ignore[arg-type]
+        except SyntaxError as exc:
+            error = "".join(traceback.format_exception_only(type(exc), exc))
+        except BaseException:  # SystemExit too: the runner outlives model code
+            error = _format_error(*sys.exc_info(), filename)  # type: ignore[arg-type]
+        finally:
+            # Model code may have replaced these; the next cell needs them back.
+            signal.signal(signal.SIGINT, self.on_sigint)
+            sys.stdout = _Stream(self._stdout, 1)
+            sys.stderr = _Stream(self._stderr, 2)
+        self._drain_now()
+        stdout, cut_out = self._stdout.take()
+        stderr, cut_err = self._stderr.take()
+        return {
+            "type": "result",
+            "id": cell_id,
+            "stdout": stdout,
+            "stderr": stderr,
+            "error": error,
+            "truncated": cut_out or cut_err,
+            "interrupted": interrupted,
+        }
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        # Only a running cell is interrupted; a signal that lands after the cell
+        # ended (the host's timer raced the result) must not hit the runner itself.
+        if self._armed:
+            raise KeyboardInterrupt
+
+    def _variable(self, req_id: int, name: str, max_chars: int) -> dict[str, Any]:
+        reply: dict[str, Any] = {"type": "variable", "id": req_id, "found": False}
+        if not name.isidentifier() or name not in self.namespace:
+            return {**reply, "value": "", "truncated": False}
+        value = self.namespace[name]
+        try:
+            text = value if isinstance(value, str) else str(value)
+        except Exception as exc:
+            text = f"<{type(value).__name__} whose str() failed: {exc}>"
+        cut = len(text) > max_chars
+        return {**reply, "found": True, "value": text[:max_chars], "truncated": cut}
+
+
+def _compile(code: str, filename: str) -> list[tuple[Any, bool]]:
+    """Compile a cell; a trailing expression is shown like in a REPL."""
+    tree = ast.parse(code, filename, "exec")
+    lines = code.splitlines(keepends=True)
+    linecache.cache[filename] = (len(code), None, lines, filename)
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+        head = compile(tree, filename, "exec")
+        return [(head, False), (compile(last, filename, "eval"), True)]
+    return [(compile(tree, filename, "exec"), False)]
+
+
+def _format_error(kind: type[BaseException], exc: BaseException, tb: Any, filename: str) -> str:
+    # Show model code's frames only: the runner's own frames mean nothing to it.
+    while tb is not None and tb.tb_frame.f_code.co_filename != filename:
+        tb = tb.tb_next
+    report = traceback.TracebackException(kind, exc, tb)
+    report.stack = traceback.StackSummary.from_list(
+        [frame for frame in report.stack if frame.filename != __file__]
+    )
+    return "".join(report.format())
+
+
+def main() -> None:
+    """Take over the process's standard descriptors and serve the host."""
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    pipes = []
+    for fd in (1, 2):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        pipes.append(read_end)
+    runner = Runner(proto_in, proto_out, pipes[0], pipes[1])
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- reads get EOF, never protocol bytes
+    sys.stdout = _Stream(runner._stdout, 1)  # type: ignore[assignment]
+    sys.stderr = _Stream(runner._stderr, 2)  # type: ignore[assignment]
+    sys.__stdout__ = sys.stdout
+    sys.__stderr__ = sys.stderr
+    signal.signal(signal.SIGINT, runner.on_sigint)
+    runner.serve()
