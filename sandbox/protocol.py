@@ -168,11 +168,17 @@ def _frame_length(header: bytes) -> int:
 def parse(payload: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> dict[str, Any]:
     """Decode one message's JSON and check it against ``schema``."""
     try:
-        message = json.loads(payload.decode("utf-8", "surrogatepass"))
+        message = json.loads(payload.decode("utf-8", "surrogatepass"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolViolation(f"frame is not valid JSON ({str(exc)[:100]})") from None
+    except RecursionError:
+        raise ProtocolViolation("frame nests JSON too deeply") from None
     validate(message, schema)
     return message
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) -> None:

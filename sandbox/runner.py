@@ -314,6 +314,8 @@ class Runner:
             signal.signal(signal.SIGINT, self.on_sigint)
             sys.stdout = _Stream(self._stdout, 1)
             sys.stderr = _Stream(self._stderr, 2)
+            if getattr(sys.stdin, "closed", True):  # exit() closes it
+                sys.stdin = _null_stdin()
         self._drain_now()
         stdout, cut_out = self._stdout.take()
         stderr, cut_err = self._stderr.take()
@@ -369,6 +371,11 @@ def _format_error(kind: type[BaseException], exc: BaseException, tb: Any, filena
     return "".join(report.format())
 
 
+def _null_stdin() -> Any:
+    # fd 0 is /dev/null: model code reading stdin gets EOF, never protocol bytes.
+    return open(0, closefd=False)
+
+
 def main() -> None:
     """Take over the process's standard descriptors and serve the host."""
     proto_in = os.dup(0)
@@ -384,7 +391,7 @@ def main() -> None:
         os.set_blocking(read_end, False)
         pipes.append(read_end)
     runner = Runner(proto_in, proto_out, pipes[0], pipes[1])
-    sys.stdin = open(0, closefd=False)  # noqa: SIM115 -- reads get EOF, never protocol bytes
+    sys.stdin = _null_stdin()
     sys.stdout = _Stream(runner._stdout, 1)  # type: ignore[assignment]
     sys.stderr = _Stream(runner._stderr, 2)  # type: ignore[assignment]
     sys.__stdout__ = sys.stdout

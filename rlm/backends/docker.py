@@ -245,6 +245,19 @@ class SandboxContainer:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self._finalizer)
 
+    def alive(self) -> bool:
+        """True if the channel is open and the runner has sent nothing unasked."""
+        if self.channel.closed:
+            return False
+        try:
+            data = self.channel.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        except OSError:
+            return False
+        # EOF, or bytes while idle (a late message is fine: the next read sees it).
+        return bool(data)
+
     async def inspect_state(self) -> dict[str, Any]:
         def read() -> dict[str, Any]:
             try:
@@ -548,6 +561,17 @@ class DockerSandbox(Sandbox):
 
     async def execute(self, code: str, timeout: float) -> CellResult:
         started = time.monotonic()
+        notice = ""
+        if self._box is not None and not self._box.alive():
+            # It died between cells (killed from outside, or a leftover thread ran it
+            # out of memory): run this cell in a fresh one and say what was lost.
+            dead = self._box
+            cause = await self._death_cause(dead, _Gone("found dead before the cell"))
+            await self._discard()
+            notice = (
+                f"[sandbox] the sandbox container had died since the last cell ({cause}); "
+                "this cell ran in a fresh one: every variable except `context` is lost.\n"
+            )
         box, _ = await self._ready_box()
         cell = next(self._ids)
         try:
@@ -596,11 +620,12 @@ class DockerSandbox(Sandbox):
             )
         return CellResult(
             stdout=stdout,
-            stderr=stderr,
+            stderr=notice + stderr,
             error=error,
             timed_out=timed_out,
             duration_s=duration,
             truncated=message["truncated"] or cut_out or cut_err,
+            state_lost=bool(notice),
         )
 
     async def _run_cell(

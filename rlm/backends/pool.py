@@ -10,7 +10,6 @@ and removes whatever it still holds when closed::
 
 from __future__ import annotations
 
-import socket
 from types import TracebackType
 from typing import Any
 
@@ -82,7 +81,7 @@ class ContainerPool:
         while self._ready:
             box = self._ready.pop(0)
             self._poke()
-            if _alive(box):
+            if box.alive():
                 self.handed_out += 1
                 return box
             await box.remove()
@@ -133,16 +132,3 @@ class ContainerPool:
                 await box.remove()
             if self._client_arg is None and self.client is not None:
                 self.client.close()
-
-
-def _alive(box: SandboxContainer) -> bool:
-    """True if the container's channel is open and has sent nothing unasked."""
-    try:
-        data = box.channel.sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    # Data nobody asked for, or EOF: either way not a container to hand out.
-    del data
-    return False
