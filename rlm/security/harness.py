@@ -1,0 +1,466 @@
+"""Runs the corpus against a backend and judges every payload.
+
+The harness builds the real stack a deployment has -- the offline model server over
+real HTTP, a :class:`~rlm.client.ModelClient` whose API key is the canary, a real
+:class:`~rlm.batcher.Batcher` and a :class:`~rlm.dispatch.SessionBridge` per
+sandbox -- with the canary also in the host environment. Each payload then gets a
+fresh :class:`~rlm.session.SessionState` (so budgets are per payload) and is judged
+on what came back *and* on what the host saw: every bridge frame, the loopback
+listeners, the host directory, a second ("victim") session, the model server's
+request count and the image's identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from rlm.backends.base import CellResult, Sandbox
+from rlm.batcher import Batcher
+from rlm.client import ModelClient
+from rlm.dispatch import SessionBridge
+from rlm.errors import RLMError, VariableNotFound
+from rlm.security.corpus import MARKER, Expectation, Payload
+from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
+from rlm.security.report import PayloadResult, TargetReport
+from rlm.security.targets import Target
+from rlm.session import SessionLimits, SessionState
+from rlm.testing import OfflineModelServer
+
+SUB_MODEL = "sub"
+#: Limits every payload's session runs under; the corpus's bridge attacks aim at them.
+SUITE_LIMITS = SessionLimits(
+    max_sub_calls=40,
+    max_prompt_chars=20_000,
+    max_batch_size=16,
+    max_concurrent=8,
+)
+#: The context loaded into every sandbox; payloads may read it, it holds nothing secret.
+SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
+#: Characters each cell may print (kept small so the output flood stays cheap).
+SUITE_OUTPUT_LIMIT = 4_000
+_OUTPUT_SLACK = 200
+
+
+def _scan(value: Any, depth: int = 0) -> str:
+    """Plain data as text, without calling any method an object from the sandbox defines."""
+    if depth > 8:
+        return "..."
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return " ".join(_scan(k, depth + 1) + " " + _scan(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " ".join(_scan(v, depth + 1) for v in value)
+    if isinstance(value, int) and value.bit_length() < 4000:
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    return f"<{type(value).__name__}>"
+
+
+class RecordingBridge(SessionBridge):
+    """A SessionBridge that looks at every frame crossing it, both ways.
+
+    ``session`` is swapped by the harness for each payload; the sandbox never sees it.
+    """
+
+    def __init__(self, batcher: Batcher, session: SessionState, canary: Canary) -> None:
+        super().__init__(batcher, session)
+        self.canary = canary
+        self.frames = 0
+        self.refusals = 0
+        self.leaks: list[str] = []
+
+    def reset(self) -> None:
+        self.frames = self.refusals = 0
+        self.leaks = []
+
+    async def call(self, method: object, params: object) -> Any:
+        self.frames += 1
+        if self.canary.found_in(_scan(method) + " " + _scan(params)):
+            self.leaks.append(f"request frame {self.frames} ({_scan(method)[:40]})")
+        try:
+            result = await super().call(method, params)
+        except Exception as exc:
+            self.refusals += 1
+            if self.canary.found_in(str(exc)):
+                self.leaks.append(f"refusal of frame {self.frames}")
+            raise
+        if self.canary.found_in(_scan(result)):
+            self.leaks.append(f"reply to frame {self.frames}")
+        return result
+
+
+@dataclass
+class _Observation:
+    result: CellResult | None = None
+    raised: BaseException | None = None
+    overran: bool = False
+    seconds: float = 0.0
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+def _text(result: CellResult | None, raised: BaseException | None) -> str:
+    parts = []
+    if result is not None:
+        parts += [result.stdout, result.stderr, result.error or ""]
+    if raised is not None:
+        parts.append(str(raised))
+    return "\n".join(parts)
+
+
+class SecurityHarness:
+    """The host-side world the corpus attacks. Use as ``async with SecurityHarness():``."""
+
+    def __init__(
+        self,
+        *,
+        grace: float = 8.0,
+        limits: SessionLimits = SUITE_LIMITS,
+        output_limit: int = SUITE_OUTPUT_LIMIT,
+    ) -> None:
+        self.grace = grace
+        self.limits = limits
+        self.output_limit = output_limit
+        self.canary = Canary.new()
+        self.fixtures: HostFixtures | None = None
+        self.server: OfflineModelServer | None = None
+        self.client: ModelClient | None = None
+        self.batcher: Batcher | None = None
+        self.victim = SessionState(sub_model=SUB_MODEL, tenant="victim-tenant")
+        self._saved_env: dict[str, str | None] = {}
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> SecurityHarness:
+        for name in (self.canary.env_name, "OPENAI_API_KEY"):
+            self._saved_env[name] = os.environ.get(name)
+            os.environ[name] = self.canary.value
+        self.fixtures = HostFixtures(self.canary)
+        self.server = OfflineModelServer().start()
+        self.client = ModelClient(
+            api_key=self.canary.value, base_url=self.server.base_url, timeout=10.0
+        )
+        self.batcher = Batcher(self.client)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.server is not None:
+            self.server.stop()
+        if self.fixtures is not None:
+            self.fixtures.close()
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def placeholders(self) -> dict[str, str]:
+        assert self.fixtures is not None
+        return {
+            **self.fixtures.placeholders(),
+            "@VICTIM_SESSION@": self.victim.session_id,
+            "@VICTIM_TENANT@": self.victim.tenant,
+            "@MARKER@": MARKER,
+        }
+
+    def new_session(self) -> SessionState:
+        return SessionState(sub_model=SUB_MODEL, limits=self.limits, tenant="attacker-tenant")
+
+    def new_bridge(self) -> RecordingBridge:
+        assert self.batcher is not None
+        return RecordingBridge(self.batcher, self.new_session(), self.canary)
+
+    # -- running ------------------------------------------------------------------
+
+    async def start_sandbox(self, target: Target) -> tuple[Sandbox, RecordingBridge]:
+        bridge = self.new_bridge()
+        sandbox = target.factory(bridge)
+        try:
+            await sandbox.start()
+            await sandbox.load_context(SUITE_CONTEXT)
+        except BaseException:
+            await _close_quietly(sandbox)
+            raise
+        return sandbox, bridge
+
+    async def run_target(self, target: Target, payloads: list[Payload]) -> TargetReport:
+        """Run every payload that applies to ``target``; then check the host's health."""
+        report = TargetReport(backend=target.name, host_before=ProcessSnapshot.take())
+        started = time.monotonic()
+        fingerprint = target.fingerprint() if target.fingerprint else None
+        current: tuple[Sandbox, RecordingBridge] | None = None
+        try:
+            for payload in payloads:
+                if not payload.applies_to(target.kind):
+                    continue
+                if payload.isolate and current is not None:
+                    await _close_quietly(current[0])
+                    current = None
+                if current is None:
+                    try:
+                        current = await self.start_sandbox(target)
+                    except Exception as exc:
+                        report.results.append(
+                            PayloadResult(
+                                payload.id,
+                                payload.category,
+                                target.name,
+                                problems=[f"the sandbox did not start: {exc}"],
+                            )
+                        )
+                        continue
+                result, broken = await self.run_payload(target, payload, *current)
+                report.results.append(result)
+                if broken or payload.isolate:
+                    await _close_quietly(current[0])
+                    current = None
+        finally:
+            if current is not None:
+                await _close_quietly(current[0])
+        report.results.append(await self._fresh_cell(target))
+        if target.fingerprint is not None:
+            after = target.fingerprint()
+            problems = []
+            if fingerprint is None or after != fingerprint:
+                problems.append(f"the sandbox image changed or vanished: {fingerprint} -> {after}")
+            report.results.append(
+                PayloadResult("health.image-unchanged", "health", target.name, problems)
+            )
+        report.host_after = ProcessSnapshot.take()
+        report.seconds = time.monotonic() - started
+        return report
+
+    async def _fresh_cell(self, target: Target) -> PayloadResult:
+        """After the whole corpus, a new sandbox still starts and runs a cell."""
+        result = PayloadResult("health.fresh-sandbox", "health", target.name)
+        try:
+            sandbox, _ = await self.start_sandbox(target)
+            try:
+                cell = await sandbox.execute("print(6 * 7, llm_query('ping'))", 30.0)
+            finally:
+                await _close_quietly(sandbox)
+        except Exception as exc:
+            result.problems.append(f"a fresh sandbox failed: {exc!r}")
+            return result
+        if cell.error is not None or "42 echo: ping" not in cell.stdout:
+            result.problems.append("a fresh sandbox did not run a simple cell")
+            result.evidence = f"stdout={cell.stdout[:200]!r} error={(cell.error or '')[:300]!r}"
+        return result
+
+    async def run_payload(
+        self, target: Target, payload: Payload, sandbox: Sandbox, bridge: RecordingBridge
+    ) -> tuple[PayloadResult, bool]:
+        """Run one payload in ``sandbox``; returns its result and whether to restart."""
+        assert self.fixtures is not None and self.server is not None
+        session = self.new_session()
+        bridge.session = session
+        bridge.reset()
+        listen_mark = self.fixtures.listeners.count()
+        requests_mark = self.server.stats.requests
+        victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
+        code = payload.render(self.placeholders())
+        seen = _Observation()
+        started = time.monotonic()
+        with anyio.move_on_after(payload.timeout + self.grace) as scope:
+            try:
+                seen.result = await sandbox.execute(code, payload.timeout)
+            except Exception as exc:
+                seen.raised = exc
+        seen.overran = scope.cancelled_caught
+        seen.seconds = time.monotonic() - started
+        broken = seen.overran or seen.raised is not None
+        if not broken:
+            for name in payload.variables:
+                try:
+                    with anyio.fail_after(10):
+                        seen.variables[name] = await sandbox.get_variable(name)
+                except VariableNotFound:
+                    continue
+                except Exception as exc:
+                    seen.variables[name] = f"<could not read: {exc!r}>"
+                    broken = True
+        expect = payload.expectation(target.kind, target.runtime)
+        problems = self.judge(payload, expect, seen, bridge, session)
+        if victim_calls != (self.victim.calls_admitted, self.victim.usage.sub_calls):
+            problems.append("the victim session's counters changed")
+        reached = self.fixtures.listeners.since(listen_mark)
+        if reached:
+            problems.append(f"reached a host listener: {'; '.join(reached[:3])}")
+        requests = self.server.stats.requests - requests_mark
+        budget = self.limits.max_sub_calls
+        if budget is not None and requests > budget:
+            problems.append(
+                f"{requests} requests reached the provider, over the budget of {budget}"
+            )
+        writes = self.fixtures.host_writes()
+        if writes:
+            problems.append(f"files appeared in the host directory: {writes[:5]}")
+        if not self.fixtures.secret_intact():
+            problems.append("the host's secret file was changed")
+        evidence = _evidence(seen).replace(self.canary.value, "<CANARY>")
+        if seen.result is not None and seen.result.state_lost:
+            broken = True
+        return (
+            PayloadResult(
+                payload.id,
+                payload.category,
+                target.name,
+                problems=problems,
+                evidence=evidence,
+                seconds=seen.seconds,
+            ),
+            broken,
+        )
+
+    def judge(
+        self,
+        payload: Payload,
+        expect: Expectation,
+        seen: _Observation,
+        bridge: RecordingBridge,
+        session: SessionState,
+    ) -> list[str]:
+        """Everything wrong with what a payload produced; empty when contained."""
+        problems: list[str] = []
+        result, raised = seen.result, seen.raised
+        limit = payload.timeout + self.grace
+        if seen.overran:
+            problems.append(
+                f"the cell was not stopped within its limit: still running after "
+                f"{seen.seconds:.1f} s (timeout {payload.timeout:g} s + grace {self.grace:g} s)"
+            )
+        elif seen.seconds > limit:
+            problems.append(
+                f"the cell took {seen.seconds:.1f} s, over its limit of {payload.timeout:g} s "
+                f"+ {self.grace:g} s grace"
+            )
+        if raised is not None and not isinstance(raised, RLMError):
+            problems.append(f"the backend crashed: {type(raised).__name__}: {str(raised)[:300]}")
+
+        # What the cell came to.
+        errored = raised is not None or (result is not None and result.error is not None)
+        timed_out = result is not None and result.timed_out
+        restarted = result is not None and result.state_lost
+        message = str(raised) if raised is not None else (result.error or "" if result else "")
+        outcome = expect.outcome
+        if not seen.overran:
+            if outcome == "ok" and errored:
+                problems.append(f"expected the cell to succeed, it failed: {message[-300:]}")
+            elif outcome == "error" and (not errored or timed_out):
+                problems.append(
+                    "expected an error, the cell timed out" if timed_out else "expected an error"
+                )
+            elif outcome == "timeout" and not timed_out:
+                problems.append("expected the cell to be stopped by its timeout")
+            elif outcome == "limited":
+                if not (errored or timed_out or restarted):
+                    problems.append("expected a limit to stop the cell, it ran to its end")
+                elif not message.strip():
+                    problems.append("a limit stopped the cell without saying why")
+        if (
+            expect.error_match is not None
+            and errored
+            and not re.search(expect.error_match, message)
+        ):
+            problems.append(f"the error does not match {expect.error_match!r}")
+        if expect.state_lost is not None and restarted != expect.state_lost:
+            problems.append(f"expected state_lost={expect.state_lost}, got {restarted}")
+
+        stdout = result.stdout if result is not None else ""
+        all_text = _text(result, raised)
+        for token in expect.forbid:
+            if token and token in all_text:
+                problems.append(f"the output shows {token!r}: the attack got through")
+        if not seen.overran and raised is None:
+            for token in expect.stdout_has:
+                if token not in stdout:
+                    problems.append(f"stdout lacks {token!r}")
+        for token in expect.stdout_lacks:
+            if token in stdout:
+                problems.append(f"stdout contains {token!r}")
+        if result is not None:
+            cap = self.output_limit + _OUTPUT_SLACK
+            for name in ("stdout", "stderr"):
+                size = len(getattr(result, name))
+                if size > cap:
+                    problems.append(f"{name} has {size:,} characters, over the cap of {cap:,}")
+            if expect.max_stdout is not None and len(stdout) > expect.max_stdout:
+                problems.append(
+                    f"stdout has {len(stdout):,} characters, over {expect.max_stdout:,}"
+                )
+            if expect.truncated is not None and result.truncated != expect.truncated:
+                problems.append(f"expected truncated={expect.truncated}, got {result.truncated}")
+            if not math.isfinite(result.duration_s) or result.duration_s < 0:
+                problems.append(f"the backend reported a bogus duration {result.duration_s!r}")
+
+        # The canary, wherever the sandbox could have put it.
+        places = {"stdout": stdout}
+        if result is not None:
+            places.update(stderr=result.stderr, error=result.error or "")
+        if raised is not None:
+            places["exception"] = str(raised)
+        places.update({f"variable {k}": v for k, v in seen.variables.items()})
+        for where, text in places.items():
+            if self.canary.found_in(text):
+                problems.append(f"the canary secret leaked into {where}")
+        for leak in bridge.leaks:
+            problems.append(f"the canary secret crossed the bridge in a {leak}")
+        if session.tenant != "attacker-tenant":
+            problems.append(f"the session's tenant changed to {session.tenant!r}")
+        budget = self.limits.max_sub_calls
+        if budget is not None and session.calls_admitted > budget:
+            problems.append(f"{session.calls_admitted} sub-calls admitted, over {budget}")
+        return problems
+
+
+def _evidence(seen: _Observation) -> str:
+    bits = [f"{seen.seconds:.2f}s"]
+    if seen.raised is not None:
+        bits.append(f"raised {type(seen.raised).__name__}: {str(seen.raised)[:300]}")
+    r = seen.result
+    if r is not None:
+        flags = [n for n in ("timed_out", "state_lost", "truncated") if getattr(r, n)]
+        if flags:
+            bits.append(",".join(flags))
+        if r.stdout:
+            bits.append(f"stdout={r.stdout[:300]!r}")
+        if r.error:
+            last = r.error.strip().splitlines()[-1] if r.error.strip() else r.error
+            bits.append(f"error={last[:300]!r}")
+    return " | ".join(bits)
+
+
+async def _close_quietly(sandbox: Sandbox) -> None:
+    # A broken sandbox must not stop the suite: the next payload gets a new one.
+    with anyio.move_on_after(30, shield=True), contextlib.suppress(Exception):
+        await sandbox.close()
+
+
+async def run_corpus(
+    targets: list[Target], payloads: list[Payload], *, grace: float = 8.0
+) -> list[TargetReport]:
+    """Attack every target with ``payloads`` in one harness."""
+    reports = []
+    async with SecurityHarness(grace=grace) as harness:
+        for target in targets:
+            reports.append(await harness.run_target(target, payloads))
+    return reports

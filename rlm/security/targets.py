@@ -1,0 +1,118 @@
+"""The backends the corpus runs against, and which of them work on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rlm.backends.base import Sandbox
+from rlm.config import RLMConfig
+from rlm.dispatch import SessionBridge
+
+SandboxFactory = Callable[[SessionBridge], Sandbox]
+
+
+@dataclass
+class Target:
+    """One deployment to attack: a backend kind, a runtime and how to build it."""
+
+    name: str
+    kind: str  # "restricted" or "docker": which payloads apply
+    factory: SandboxFactory
+    runtime: str | None = None
+    #: Something that identifies the sandbox image; it must not change under attack.
+    fingerprint: Callable[[], str | None] | None = None
+
+
+def restricted_target(output_limit: int) -> Target:
+    from rlm.backends.restricted import RestrictedSandbox
+
+    return Target(
+        name="restricted",
+        kind="restricted",
+        factory=lambda bridge: RestrictedSandbox(bridge, output_limit=output_limit),
+    )
+
+
+def image_fingerprint(image: str) -> str | None:
+    """The image's id as the engine reports it, or None if it cannot be read."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        try:
+            return str(client.images.get(image).id)
+        finally:
+            client.close()
+    except Exception:
+        return None
+
+
+def docker_target(runtime: str, image: str, output_limit: int) -> Target:
+    from rlm.backends.docker import DockerSandbox
+
+    return Target(
+        name=f"docker:{runtime}",
+        kind="docker",
+        runtime=runtime,
+        factory=lambda bridge: DockerSandbox(
+            bridge, output_limit=output_limit, image=image, runtime=runtime
+        ),
+        fingerprint=lambda: image_fingerprint(image),
+    )
+
+
+def docker_problem(config: RLMConfig) -> str | None:
+    """Why the Docker backend with ``config``'s runtime and image cannot run here."""
+    try:
+        from rlm.backends import docker as docker_backend
+    except ImportError as exc:
+        return f"the Docker backend is not installed ({exc})"
+    problem: str | None = docker_backend.unavailable_reason(config)
+    if problem is not None:
+        return problem
+    if config.docker_runtime != "runc":
+        try:
+            import docker
+
+            client = docker.from_env()
+            try:
+                runtimes = client.info().get("Runtimes", {})
+            finally:
+                client.close()
+        except Exception as exc:
+            return f"cannot ask the Docker engine for its runtimes ({exc})"
+        if config.docker_runtime not in runtimes:
+            return (
+                f"the Docker engine has no {config.docker_runtime!r} runtime; "
+                "run scripts/setup-docker.sh to install and register gVisor"
+            )
+    return None
+
+
+def select_targets(
+    *,
+    backend: str | None,
+    runtime: str | None,
+    image: str | None,
+    output_limit: int,
+) -> tuple[list[Target], list[tuple[str, str]]]:
+    """The targets to attack, and those asked for (or implied) that cannot run here.
+
+    With no ``backend`` every backend is tried; an unavailable one is reported, not
+    silently dropped. ``runtime`` narrows Docker to one runtime.
+    """
+    base = RLMConfig.from_env(dotenv=False, image=image)
+    targets: list[Target] = []
+    missing: list[tuple[str, str]] = []
+    if backend in (None, "restricted"):
+        targets.append(restricted_target(output_limit))
+    if backend in (None, "docker"):
+        for rt in (runtime,) if runtime else ("runc", "runsc"):
+            config = base.with_(docker_runtime=rt)
+            problem = docker_problem(config)
+            if problem is None:
+                targets.append(docker_target(rt, config.image, output_limit))
+            else:
+                missing.append((f"docker:{rt}", problem))
+    return targets, missing
