@@ -1,15 +1,49 @@
-"""The host-side batcher: every sub-call from every sandbox runs through here."""
+"""The host-side batcher: every sub-call from every sandbox runs through here.
+
+One :class:`Batcher` serves all the sessions of a process. For each batch it
+
+- keeps at most ``min(max_concurrent, the session's limit, …)`` of the batch's
+  prompts in flight, with a fixed set of worker tasks (not one task per prompt), so
+  a 10,000-prompt batch costs as much bookkeeping as its concurrency;
+- takes a slot from the :class:`~rlm.fairness.FairScheduler` for each request, so
+  tenants and sessions share the global, per-tenant and per-session limits
+  round-robin, and the global limit follows the provider's 429s
+  (:class:`~rlm.limiter.AdaptiveLimit`);
+- retries what may pass (:class:`~rlm.retry.RetryPolicy`), without holding a slot
+  while it waits;
+- shares one call among identical prompts in flight (:mod:`rlm.dedup`) and, if given
+  a :mod:`cache <rlm.cache>`, answers repeated requests from it;
+- stops starting calls for a session whose token budget is spent;
+- counts calls, tokens, retries, cache and dedup hits, failures and time per model,
+  for the session and for its tenant, and reports each batch's progress as
+  ``batch_start`` / ``batch_progress`` / ``batch_end`` session events.
+
+A failed prompt fails alone: it becomes a :class:`SubResult` with ``error`` and
+``kind``. Cancelling ``run`` (a cancelled task, a timeout, Ctrl-C) cancels its queued
+and in-flight requests at once (their HTTP connections are dropped) and nothing
+else: other sessions' calls carry on, and a call another session was waiting to
+share is made again for it.
+"""
 
 from __future__ import annotations
 
+import itertools
+import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
-from rlm.client import ModelCallFailure, ModelClient
+from rlm.cache import ResponseCache, request_key
+from rlm.client import ChatResult, ModelCallFailure, ModelClient
+from rlm.dedup import InFlight
+from rlm.fairness import FairScheduler
+from rlm.limiter import AdaptiveLimit
+from rlm.retry import RetryPolicy
 from rlm.session import SessionState
+from rlm.usage import Usage
 
 
 @dataclass
@@ -30,12 +64,173 @@ class SubResult:
         return {"error": self.error, "kind": self.kind}
 
 
-class Batcher:
-    """Runs sub-calls for many sessions under shared limits."""
+class _BudgetSpent:
+    """The session's token budget ran out before the call could start."""
 
-    def __init__(self, client: ModelClient, *, max_concurrent: int = 256) -> None:
+
+_BUDGET_SPENT = _BudgetSpent()
+_Outcome = ChatResult | ModelCallFailure
+
+
+class _Batch:
+    """One ``run``: its counters and its progress reporting."""
+
+    def __init__(
+        self, batcher: Batcher, session: SessionState, model: str, total: int, number: int
+    ) -> None:
+        self.session = session
+        self.model = model
+        self.total = total
+        self.number = number
+        self.usage = session.usage.model(model)
+        tenant_usage = batcher.tenant_usage(session.tenant)
+        self.tenant_usage = tenant_usage.model(model)
+        self._tenant_totals = tenant_usage
+        self.interval = batcher.progress_interval
+        self.started = self.last_emit = time.monotonic()
+        self.done = 0
+        self.failures = 0
+        self.retries = 0
+        self.cache_hits = 0
+        self.dedup_hits = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def count(self, field: str, n: int = 1) -> None:
+        """Add ``n`` to a usage field of the session, the tenant and this batch."""
+        setattr(self.usage, field, getattr(self.usage, field) + n)
+        setattr(self.tenant_usage, field, getattr(self.tenant_usage, field) + n)
+        if hasattr(self, field):
+            setattr(self, field, getattr(self, field) + n)
+
+    def finish(self, result: SubResult) -> None:
+        self.done += 1
+        self.session.usage.sub_calls += 1
+        self._tenant_totals.sub_calls += 1
+        if not result.ok:
+            self.count("failures")
+        now = time.monotonic()
+        # Throttled: a 10,000-prompt batch must not become 10,000 events.
+        if self.done == self.total or now - self.last_emit >= self.interval:
+            self.last_emit = now
+            self.session.event(
+                "batch_progress",
+                batch=self.number,
+                done=self.done,
+                total=self.total,
+                failures=self.failures,
+            )
+
+    def end(self, cancelled: bool) -> None:
+        self.session.event(
+            "batch_end",
+            batch=self.number,
+            model=self.model,
+            size=self.total,
+            done=self.done,
+            failures=self.failures,
+            retries=self.retries,
+            cache_hits=self.cache_hits,
+            dedup_hits=self.dedup_hits,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            cancelled=cancelled,
+            seconds=round(time.monotonic() - self.started, 4),
+        )
+
+
+class Batcher:
+    """Runs sub-calls for many sessions under shared limits.
+
+    ``max_concurrent`` bounds the requests in flight for the whole process (and is
+    where the adaptive limit starts and tops out; ``adaptive=False`` keeps it fixed);
+    ``tenant_max_concurrent`` bounds each tenant, ``tenant_limits`` overrides it per
+    tenant, and ``tenant_weights`` gives a tenant more slots per round-robin turn.
+    Each session's own bound is its ``SessionLimits.max_concurrent``. ``retry`` paces
+    retries, ``call_timeout`` bounds each request (default: the client's),
+    ``params`` go with every request (e.g. ``{"temperature": 0}``), ``dedup``
+    shares identical in-flight requests, ``cache`` (off by default) reuses answers.
+    """
+
+    def __init__(
+        self,
+        client: ModelClient,
+        *,
+        max_concurrent: int = 256,
+        tenant_max_concurrent: int | None = None,
+        tenant_limits: Mapping[str, int] | None = None,
+        tenant_weights: Mapping[str, int] | None = None,
+        adaptive: bool = True,
+        min_concurrent: int = 1,
+        retry: RetryPolicy | None = None,
+        call_timeout: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        dedup: bool = True,
+        cache: ResponseCache | None = None,
+        progress_interval: float = 0.1,
+        seed: int | None = None,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
+        for name, limit in (tenant_limits or {}).items():
+            if limit < 1:
+                raise ValueError(f"tenant limit for {name!r} must be at least 1")
+        if tenant_max_concurrent is not None and tenant_max_concurrent < 1:
+            raise ValueError("tenant_max_concurrent must be at least 1")
         self.client = client
-        self._global = anyio.CapacityLimiter(max_concurrent)
+        self.max_concurrent = max_concurrent
+        self.tenant_max_concurrent = tenant_max_concurrent
+        self.tenant_limits = dict(tenant_limits or {})
+        self.adaptive = adaptive
+        self.limiter = AdaptiveLimit(max_concurrent, minimum=min(min_concurrent, max_concurrent))
+        self.scheduler = FairScheduler(
+            self._global_limit,
+            tenant_limit=tenant_max_concurrent,
+            tenant_limits=tenant_limits,
+            tenant_weights=tenant_weights,
+        )
+        self.retry = retry or RetryPolicy()
+        self.call_timeout = call_timeout
+        self.params = dict(params or {})
+        self.dedup = dedup
+        self.cache = cache
+        self.progress_interval = progress_interval
+        self._rng = random.Random(seed)
+        self._in_flight: InFlight[_Outcome] = InFlight()
+        self._tenants: dict[str, Usage] = {}
+        self._numbers = itertools.count(1)
+
+    # -- what it has done --------------------------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """The global limit on requests in flight right now."""
+        return self._global_limit()
+
+    def tenant_usage(self, tenant: str) -> Usage:
+        """What ``tenant``'s sessions have used through this batcher (live object)."""
+        usage = self._tenants.get(tenant)
+        if usage is None:
+            usage = self._tenants[tenant] = Usage()
+        return usage
+
+    def usage_by_tenant(self) -> dict[str, dict[str, Any]]:
+        return {name: usage.to_dict() for name, usage in self._tenants.items()}
+
+    def stats(self) -> dict[str, Any]:
+        """The scheduler's state, for monitoring."""
+        return {
+            "in_flight": self.scheduler.in_flight,
+            "max_in_flight": self.scheduler.max_in_flight,
+            "waiting": self.scheduler.waiting(),
+            "concurrency": self.concurrency,
+            "max_concurrent": self.max_concurrent,
+            "concurrency_cuts": self.limiter.cuts,
+            "lowest_concurrency": self.limiter.lowest,
+            "shared_in_flight": len(self._in_flight),
+        }
+
+    # -- running a batch -----------------------------------------------------------------
 
     async def run(
         self,
@@ -45,47 +240,181 @@ class Batcher:
         max_concurrent: int | None = None,
     ) -> list[SubResult]:
         """Answer ``prompts`` in input order; a failed prompt fails alone."""
-        results: list[SubResult] = [SubResult() for _ in prompts]
-        limit = min(max_concurrent or len(prompts), session.limits.max_concurrent)
-        local = anyio.CapacityLimiter(max(1, limit))
-        started = time.monotonic()
-        done = 0
-        session.event("batch_start", model=model, size=len(prompts))
-
-        async def one(i: int, prompt: str) -> None:
-            nonlocal done
-            async with local, self._global:
-                results[i] = await self._call(session, model, prompt)
-            done += 1
-            session.event("batch_progress", done=done, total=len(prompts))
-
-        async with anyio.create_task_group() as tg:
+        total = len(prompts)
+        results: list[SubResult | None] = [None] * total
+        # Repeats inside a batch are answered once; the index of each prompt's first
+        # occurrence leads its copies.
+        copies: dict[int, list[int]] = {}
+        if self.dedup:
+            first: dict[str, int] = {}
+            unique: list[int] = []
             for i, prompt in enumerate(prompts):
-                tg.start_soon(one, i, prompt)
-        session.event(
-            "batch_end",
-            model=model,
-            size=len(prompts),
-            failures=sum(1 for r in results if not r.ok),
-            seconds=round(time.monotonic() - started, 4),
+                j = first.setdefault(prompt, i)
+                if j == i:
+                    unique.append(i)
+                else:
+                    copies.setdefault(j, []).append(i)
+        else:
+            unique = list(range(total))
+        tenant_limit = self.tenant_limits.get(session.tenant, self.tenant_max_concurrent)
+        width = min(
+            len(unique),
+            max_concurrent or total,
+            session.limits.max_concurrent,
+            self.max_concurrent,
+            tenant_limit or total,
         )
-        return results
+        batch = _Batch(self, session, model, total, next(self._numbers))
+        session.event(
+            "batch_start",
+            batch=batch.number,
+            model=model,
+            size=total,
+            unique=len(unique),
+            max_concurrent=width,
+        )
+        queue = iter(unique)
 
-    async def _call(self, session: SessionState, model: str, prompt: str) -> SubResult:
-        usage = session.usage.model(model)
-        if session.tokens_exhausted():
-            usage.failures += 1
-            return SubResult(error="token budget for this session is spent", kind="budget")
-        started = time.monotonic()
+        async def worker() -> None:
+            for i in queue:
+                result = await self._one(batch, prompts[i])
+                results[i] = result
+                batch.finish(result)
+                for j in copies.get(i, ()):
+                    results[j] = result
+                    batch.count("dedup_hits")
+                    batch.finish(result)
+
+        cancelled = True
         try:
-            answer = await self.client.chat(model, [{"role": "user", "content": prompt}])
-        except ModelCallFailure as exc:
-            usage.failures += 1
-            return SubResult(error=str(exc), kind=exc.kind)
+            if width <= 1:
+                await worker()
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(width):
+                        tg.start_soon(worker)
+            cancelled = False
         finally:
-            usage.seconds += time.monotonic() - started
-            session.usage.sub_calls += 1
-        usage.calls += 1
-        usage.prompt_tokens += answer.prompt_tokens
-        usage.completion_tokens += answer.completion_tokens
-        return SubResult(text=answer.text)
+            batch.end(cancelled)
+        done: list[SubResult] = []
+        for r in results:
+            assert r is not None, "every prompt gets a result unless the run is cancelled"
+            done.append(r)
+        return done
+
+    async def _one(self, batch: _Batch, prompt: str) -> SubResult:
+        session = batch.session
+        if session.tokens_exhausted():
+            return self._budget_failure(session)
+        messages = [{"role": "user", "content": prompt}]
+        cache_key = None
+        if self.cache is not None:
+            cache_key = request_key(batch.model, messages, self.params)
+            hit = await self.cache.get(cache_key)
+            if hit is not None:
+                batch.count("cache_hits")
+                return SubResult(text=hit.text)
+        key = (batch.model, prompt) if self.dedup else None
+        while key is not None and (flight := self._in_flight.get(key)) is not None:
+            shared = await flight.wait()
+            if shared is not None:
+                batch.count("dedup_hits")
+                return self._result(shared, session)
+            # The leader gave up for a reason of its own: call for ourselves.
+        flight = self._in_flight.lead(key) if key is not None else None
+        outcome: _Outcome | _BudgetSpent | None = None
+        try:
+            outcome = await self._attempts(batch, messages)
+        finally:
+            if flight is not None:
+                shared_outcome = None if isinstance(outcome, _BudgetSpent) else outcome
+                self._in_flight.land(key, flight, shared_outcome)
+        if self.cache is not None and cache_key is not None and isinstance(outcome, ChatResult):
+            try:
+                await self.cache.put(cache_key, outcome)
+            except OSError as exc:
+                session.event("cache_error", error=str(exc)[:200])
+        return self._result(outcome, session)
+
+    async def _attempts(
+        self, batch: _Batch, messages: list[dict[str, str]]
+    ) -> ChatResult | ModelCallFailure | _BudgetSpent:
+        """Call until it works, fails for good, or the budget is spent."""
+        session, model = batch.session, batch.model
+        started = time.monotonic()
+        tries = 0
+        while True:
+            async with self.scheduler.slot(
+                session.tenant, session.session_id, session.limits.max_concurrent
+            ):
+                if session.tokens_exhausted():
+                    return _BUDGET_SPENT
+                tries += 1
+                epoch = self.limiter.epoch
+                call_started = time.monotonic()
+                try:
+                    answer = await self.client.chat(
+                        model, messages, timeout=self.call_timeout, **self.params
+                    )
+                except ModelCallFailure as exc:
+                    failure = exc
+                except Exception as exc:
+                    # Not the provider's doing, but still this prompt's failure only.
+                    failure = ModelCallFailure(
+                        f"model call to {model!r} failed: {exc!r}", kind="error"
+                    )
+                else:
+                    self.limiter.on_success()
+                    self._count_call(batch, answer, time.monotonic() - call_started)
+                    return answer
+                self._count_seconds(batch, time.monotonic() - call_started)
+            if failure.kind == "rate_limit" and self.adaptive and self.limiter.on_overload(epoch):
+                session.event("concurrency_cut", model=model, concurrency=self.concurrency)
+            elapsed = time.monotonic() - started
+            delay = self.retry.delay(tries, failure, elapsed, self._rng)
+            if delay is None:
+                return ModelCallFailure(
+                    self.retry.gave_up(tries, failure, elapsed),
+                    kind=failure.kind,
+                    status=failure.status,
+                    retry_after=failure.retry_after,
+                )
+            batch.count("retries")
+            await anyio.sleep(delay)
+
+    def _count_call(self, batch: _Batch, answer: ChatResult, seconds: float) -> None:
+        batch.count("calls")
+        batch.count("prompt_tokens", answer.prompt_tokens)
+        batch.count("completion_tokens", answer.completion_tokens)
+        self._count_seconds(batch, seconds)
+
+    @staticmethod
+    def _count_seconds(batch: _Batch, seconds: float) -> None:
+        for usage in (batch.usage, batch.tenant_usage):
+            usage.seconds += seconds
+
+    def _global_limit(self) -> int:
+        if not self.adaptive:
+            return self.max_concurrent
+        return self.limiter.current
+
+    def _result(
+        self, outcome: ChatResult | ModelCallFailure | _BudgetSpent, session: SessionState
+    ) -> SubResult:
+        if isinstance(outcome, ChatResult):
+            return SubResult(text=outcome.text)
+        if isinstance(outcome, ModelCallFailure):
+            return SubResult(error=str(outcome), kind=outcome.kind)
+        return self._budget_failure(session)
+
+    @staticmethod
+    def _budget_failure(session: SessionState) -> SubResult:
+        limit = session.limits.max_tokens
+        return SubResult(
+            error=(
+                f"token budget spent: this session may use {limit:,} tokens and has used "
+                f"{session.usage.total_tokens:,}; this sub-call was not made. "
+                "Answer with what you have."
+            ),
+            kind="budget",
+        )
