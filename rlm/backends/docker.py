@@ -152,17 +152,24 @@ class Channel:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send one message whole; never leaves half a frame on the wire."""
+        if self.closed:
+            raise _Gone("the channel is closed")
         async with self._send_lock:
-            with anyio.CancelScope(shield=True), anyio.fail_after(_SEND_TIMEOUT):
-                for chunk in protocol.encode(message):
-                    view = memoryview(chunk)
-                    while view:
-                        try:
-                            view = view[self.sock.send(view) :]
-                        except (BlockingIOError, ssl.SSLWantWriteError):
-                            await anyio.wait_writable(self.sock)
-                        except OSError as exc:
-                            raise _Gone(f"send failed: {exc}") from None
+            try:
+                with anyio.CancelScope(shield=True), anyio.fail_after(_SEND_TIMEOUT):
+                    for chunk in protocol.encode(message):
+                        view = memoryview(chunk)
+                        while view:
+                            try:
+                                view = view[self.sock.send(view) :]
+                            except (BlockingIOError, ssl.SSLWantWriteError):
+                                await anyio.wait_writable(self.sock)
+            except TimeoutError:
+                self.closed = True  # half a frame may be on the wire
+                raise _Gone(f"the sandbox read nothing for {_SEND_TIMEOUT:g} s") from None
+            except OSError as exc:
+                self.closed = True
+                raise _Gone(f"send failed: {exc}") from None
 
     async def receive(self) -> dict[str, Any]:
         """The next message; cancelling it loses nothing already received."""
@@ -207,7 +214,7 @@ class Channel:
             del raw[:pos]
 
     def close(self) -> None:
-        if self.closed:
+        if self.sock.fileno() < 0:
             return
         self.closed = True
         for closer in (self.sock.close, getattr(self._keep, "close", None)):
@@ -634,18 +641,26 @@ class DockerSandbox(Sandbox):
         result: dict[str, Any] | None = None
         timed_out = False
         open_calls: set[int] = set()
+        failures: list[Exception] = []
+        # Failures are carried out of the task group by hand so callers see the
+        # exception itself, not an ExceptionGroup around it.
         async with anyio.create_task_group() as calls:
-            await box.channel.send(
-                {"type": "execute", "id": cell, "code": code, "output_limit": self.output_limit}
-            )
-            with anyio.move_on_after(timeout):
-                result = await self._pump(box, cell, calls, open_calls)
-            if result is None:
-                timed_out = True
-                await box.channel.send({"type": "interrupt", "id": cell})
-                with anyio.move_on_after(self.interrupt_grace):
-                    result = await self._pump(box, cell, calls, open_calls)
+            try:
+                await box.channel.send(
+                    {"type": "execute", "id": cell, "code": code, "output_limit": self.output_limit}
+                )
+                with anyio.move_on_after(timeout):
+                    result = await self._pump(box, cell, calls, open_calls, failures)
+                if result is None and not failures:
+                    timed_out = True
+                    await box.channel.send({"type": "interrupt", "id": cell})
+                    with anyio.move_on_after(self.interrupt_grace):
+                        result = await self._pump(box, cell, calls, open_calls, failures)
+            except (_Gone, ProtocolError) as exc:
+                failures.append(exc)
             calls.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
         return result, timed_out
 
     async def _pump(
@@ -654,8 +669,9 @@ class DockerSandbox(Sandbox):
         cell: int,
         calls: anyio.abc.TaskGroup,
         open_calls: set[int],
-    ) -> dict[str, Any]:
-        while True:
+        failures: list[Exception],
+    ) -> dict[str, Any] | None:
+        while not failures:
             message = await box.channel.receive()
             kind = message["type"]
             if kind == "result":
@@ -677,14 +693,20 @@ class DockerSandbox(Sandbox):
                     )
                     continue
                 open_calls.add(call_id)
-                calls.start_soon(self._serve_call, box, message, open_calls)
+                calls.start_soon(self._serve_call, box, message, open_calls, failures, calls)
             elif kind == "fatal":
                 raise _Gone(f"runner failed: {message['message'][:300]}")
             else:
                 raise ProtocolError(f"unexpected {kind} message while a cell runs")
+        return None
 
     async def _serve_call(
-        self, box: SandboxContainer, message: dict[str, Any], open_calls: set[int]
+        self,
+        box: SandboxContainer,
+        message: dict[str, Any],
+        open_calls: set[int],
+        failures: list[Exception],
+        calls: anyio.abc.TaskGroup,
     ) -> None:
         call_id = message["id"]
         try:
@@ -702,8 +724,9 @@ class DockerSandbox(Sandbox):
                     "message": "the host could not complete this sub-call (internal error)",
                 }
             await box.channel.send(reply)
-        except _Gone:
-            pass  # the pump sees the same and reports it
+        except _Gone as exc:
+            failures.append(exc)
+            calls.cancel_scope.cancel()
         finally:
             open_calls.discard(call_id)
 

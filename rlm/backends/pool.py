@@ -123,10 +123,12 @@ class ContainerPool:
         if self._closed:
             return
         self._closed = True
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            # A start in flight removes its own container when cancelled.
+            tasks.cancel_scope.cancel()
+            await tasks.__aexit__(None, None, None)
         with anyio.CancelScope(shield=True):
-            if self._tasks is not None:
-                self._tasks.cancel_scope.cancel()
-                await self._tasks.__aexit__(None, None, None)
             boxes, self._ready = self._ready, []
             for box in boxes:
                 await box.remove()
