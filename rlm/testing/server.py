@@ -114,7 +114,7 @@ class OfflineModelServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> OfflineModelServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._host, self._port))
         sock.listen(2048)
