@@ -753,6 +753,13 @@ def describe_exit(
     if code is None:
         return f"it is gone ({state.get('Error') or detail})"
     extra = f"; last output: {stderr}" if stderr else ""
+    if spec.runtime == "runsc" and code not in (0, 1):
+        # gVisor's own host threads count against the container's limits, so a
+        # fork/thread bomb ends the whole sandbox instead of failing in the code.
+        extra += (
+            f"; under gVisor this usually means the sandbox hit its pids ({spec.pids}) "
+            f"or memory ({spec.memory}) limit"
+        )
     return f"its process exited with code {code}{extra}"
 
 
