@@ -24,5 +24,6 @@ runner_hash="$(for f in "${files[@]}"; do printf '%s\n' "$f"; cat "$src/$f"; don
     | sha256sum | cut -c1-64)"
 
 echo "[build] $image from $base (runner $runner_hash)" >&2
-docker build --quiet --build-arg "BASE_IMAGE=$base" \
+# RUN steps need no network; --network none also spares the engine's default bridge.
+docker build --quiet --network none --build-arg "BASE_IMAGE=$base" \
     --label "rlm.sandbox.runner=$runner_hash" -t "$image" "$ctx" >/dev/null

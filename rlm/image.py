@@ -134,6 +134,7 @@ def build_image(
                 labels={RUNNER_LABEL: runner_hash(files)},
                 rm=True,
                 forcerm=True,
+                network_mode="none",  # RUN steps need no network
                 decode=True,
             )
             image_id = None

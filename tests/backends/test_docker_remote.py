@@ -1,7 +1,7 @@
 """The Docker backend against a second engine reached over TCP on 127.0.0.1.
 
 The fixture starts a separate ``dockerd`` (own data root, exec root, pid file and
-containerd namespace; no bridge, no iptables) listening on loopback TCP, loads the
+containerd namespace; no iptables) listening on loopback TCP, loads the
 sandbox image into it with save/load, and stops it afterwards. This is the
 ``DOCKER_HOST=tcp://...`` case, where a bind-mounted socket or a published port
 could not work but the attach channel does.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -50,6 +51,13 @@ def remote_engine(docker_client: Any) -> Iterator[tuple[Any, str]]:
     config = {"runtimes": {"runsc": {"path": shutil.which("runsc") or "runsc"}}}
     config["runtimes"]["runsc"]["runtimeArgs"] = ["--network=none"]
     (root / "daemon.json").write_text(json.dumps(config))
+    # A bridge of its own: with --bridge=none, dockerd deletes the host's docker0,
+    # which belongs to the main engine. The address is from the benchmarking range
+    # (198.18.0.0/15) so it clashes with nothing; no container ever uses it.
+    had_docker0 = Path("/sys/class/net/docker0").exists()
+    bridge = "rlmt" + secrets.token_hex(3)
+    subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True)
+    subprocess.run(["ip", "addr", "add", "198.18.213.1/30", "dev", bridge], check=True)
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 -- closed in teardown
     proc = subprocess.Popen(
         [
@@ -61,7 +69,7 @@ def remote_engine(docker_client: Any) -> Iterator[tuple[Any, str]]:
             f"--config-file={root / 'daemon.json'}",
             "--containerd-namespace=rlmtest",
             "--containerd-plugins-namespace=rlmtest-plugins",
-            "--bridge=none",
+            f"--bridge={bridge}",
             "--iptables=false",
             "--ip-masq=false",
         ],
@@ -109,7 +117,9 @@ def remote_engine(docker_client: Any) -> Iterator[tuple[Any, str]]:
             proc.kill()
             proc.wait()
         log.close()
+        subprocess.run(["ip", "link", "del", bridge], check=False)
         shutil.rmtree(root, ignore_errors=True)
+    assert Path("/sys/class/net/docker0").exists() == had_docker0, "the main engine's bridge"
 
 
 @pytest.mark.parametrize("runtime", ["runc", "runsc"])
