@@ -107,6 +107,15 @@ class FairScheduler:
             s = t.sessions[session] = _Session(session_limit)
         else:
             s.limit = session_limit
+        if (
+            not self._rotation
+            and self.in_flight < self._global_limit()
+            and self._tenant_room(tenant, t)
+            and s.has_room()
+        ):
+            # Nobody is waiting: take the slot without queueing.
+            self._grant(t, s)
+            return
         waiter = _Waiter()
         s.waiters.append(waiter)
         if not s.queued:
@@ -178,15 +187,23 @@ class FairScheduler:
                     t.credit = self._weights.get(name, 1)
                     rotation.rotate(-1)
                 t.in_flight += 1
-                self.in_flight += 1
-                if self.in_flight > self.max_in_flight:
-                    self.max_in_flight = self.in_flight
+                self._count_in()
                 waiter.granted = True
                 waiter.event.set()
                 break
             else:
                 # Everyone waiting is held back by a tenant or session limit.
                 return
+
+    def _grant(self, t: _Tenant, s: _Session) -> None:
+        s.in_flight += 1
+        t.in_flight += 1
+        self._count_in()
+
+    def _count_in(self) -> None:
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
 
     def _next_in(self, t: _Tenant) -> _Waiter | None:
         """Pop the next waiter of the next session with room, in round-robin order."""
