@@ -81,8 +81,13 @@ class ProtocolViolation(ValueError):
 
 def encode(message: dict[str, Any]) -> Iterator[bytes]:
     """The frames of ``message``, headers and payloads as separate chunks."""
-    data = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    payload = memoryview(data.encode("utf-8", "surrogatepass"))
+    # One expression, so the JSON text is freed as soon as it is encoded: for a
+    # 100 MB context or batch that is 100 MB less at the peak.
+    payload = memoryview(
+        json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+            "utf-8", "surrogatepass"
+        )
+    )
     total = len(payload)
     start = 0
     while True:

@@ -85,11 +85,15 @@ def _engine_address() -> str:
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """How sandbox containers are made; one spec per pool."""
+    """How sandbox containers are made; one spec per pool.
+
+    ``memory`` defaults to 2g (swap included, so no swap): chunking a 100 MB context
+    in model code (lines, chunks, prompts, the batch in flight) peaks near 1 GB.
+    """
 
     image: str = "rlm-sandbox:latest"
     runtime: str = "runc"
-    memory: str = "512m"
+    memory: str = "2g"
     pids: int = 128
     cpus: float = 1.0
     tmpfs_size: str = "64m"
@@ -391,7 +395,7 @@ class DockerSandbox(Sandbox):
         output_limit: int = 100_000,
         image: str = "rlm-sandbox:latest",
         runtime: str = "runc",
-        memory: str = "512m",
+        memory: str = "2g",
         pids: int = 128,
         cpus: float = 1.0,
         tmpfs_size: str = "64m",

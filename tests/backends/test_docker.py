@@ -186,7 +186,7 @@ def test_container_is_created_hardened(facts: dict[str, Any]) -> None:
     assert not any("seccomp" in opt for opt in host["SecurityOpt"])  # the default profile
     assert host["Privileged"] is False
     assert host["PidsLimit"] == 128
-    assert host["Memory"] == 512 * 1024**2
+    assert host["Memory"] == 2 * 1024**3
     assert host["MemorySwap"] == host["Memory"]  # no swap on top
     assert host["NanoCpus"] == 10**9
     assert host["Runtime"] == facts["runtime"]
