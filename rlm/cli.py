@@ -18,8 +18,9 @@ from rich.table import Table
 from rlm.config import BACKENDS, RLMConfig
 from rlm.errors import BridgeRefusal, RLMError
 
-stderr = Console(stderr=True, highlight=False)
-stdout = Console(highlight=False)
+# soft_wrap: an error stays one line however narrow the terminal.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -124,13 +125,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> RLMConfig:
-    return RLMConfig.from_env(
-        backend=getattr(args, "backend", None),
-        docker_runtime=getattr(args, "runtime", None),
-        model=getattr(args, "model", None),
-        sub_model=getattr(args, "sub_model", None),
-        **extra,
-    )
+    settings: dict[str, Any] = {
+        "backend": getattr(args, "backend", None),
+        "docker_runtime": getattr(args, "runtime", None),
+        "model": getattr(args, "model", None),
+        "sub_model": getattr(args, "sub_model", None),
+    }
+    settings.update({k: v for k, v in extra.items() if v is not None})
+    return RLMConfig.from_env(**settings)
 
 
 def _read_context(path: str) -> Any:

@@ -39,7 +39,7 @@ class Trajectory:
         if self._file is not None:
             self._file.write(json.dumps(event, default=str) + "\n")
 
-    def add(self, kind: str, **data: Any) -> None:
+    def add(self, kind: str, /, **data: Any) -> None:
         self.emit({"event": kind, **data})
 
     def close(self) -> None:

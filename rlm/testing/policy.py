@@ -48,7 +48,12 @@ def root_reply(messages: list[dict[str, Any]]) -> str:
             "each chunk in parallel.\n"
             "```repl\n"
             "import json\n"
-            "text = context if isinstance(context, str) else json.dumps(context)\n"
+            "if isinstance(context, str):\n"
+            "    text = context\n"
+            "elif isinstance(context, list):\n"
+            '    text = "\\n".join(map(str, context))\n'
+            "else:\n"
+            "    text = json.dumps(context, indent=1)\n"
             "lines = text.splitlines() or [text]\n"
             f"size = max(1, -(-len(lines) // {TARGET_CHUNKS}))\n"
             'chunks = ["\\n".join(lines[i:i + size]) for i in range(0, len(lines), size)]\n'
