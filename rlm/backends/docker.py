@@ -511,6 +511,10 @@ class DockerSandbox(Sandbox):
             cause = await self._death_cause(box, exc)
             await self._discard()
             raise SandboxError(f"the sandbox died while loading the context: {cause}") from None
+        except BaseException:
+            # Cancelled mid-load: a late "loaded" would confuse the next request.
+            await self._discard()
+            raise
         del reply
 
     async def get_variable(self, name: str) -> str:
@@ -537,6 +541,9 @@ class DockerSandbox(Sandbox):
                 f"variable {name!r} could not be read: the sandbox stopped answering "
                 "and was restarted"
             ) from None
+        except BaseException:
+            await self._discard()
+            raise
         if not reply["found"]:
             raise VariableNotFound(f"no variable named {name!r} in the sandbox")
         value = str(reply["value"])
@@ -571,6 +578,8 @@ class DockerSandbox(Sandbox):
         )
 
     async def execute(self, code: str, timeout: float) -> CellResult:
+        if not isinstance(code, str):
+            return CellResult(error="TypeError: a cell must be a str of Python code")
         started = time.monotonic()
         notice = ""
         if self._box is not None and not self._box.alive():

@@ -655,3 +655,19 @@ def test_doctor_checks_engine_image_and_both_runtimes(docker_client: Any) -> Non
     assert set(checks) == {"docker engine", "sandbox image", "runc", "gVisor (runsc)"}
     assert all(ok for ok, _ in checks.values()), checks
     assert "up to date" in checks["sandbox image"][1]
+
+
+async def test_a_cancelled_context_load_leaves_a_usable_session(
+    runtime: str, sandbox_factory: Any, docker_client: Any
+) -> None:
+    box = sandbox_factory(runtime=runtime)
+    await box.start()
+    first = box.container_id
+    context = "z" * 100_000_000
+    with anyio.move_on_after(0.05) as scope:
+        await box.load_context(context)
+    assert scope.cancelled_caught
+    assert first not in _ours(docker_client)
+    result = await box.execute("print(len(context))", 60)
+    assert result.stdout == "100000000\n"
+    assert (await box.execute(123, 10)).error == "TypeError: a cell must be a str of Python code"  # type: ignore[arg-type]
