@@ -191,3 +191,46 @@ def test_doctor_sees_docker_and_cleans_up_leftovers() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "removed" in proc.stderr
     assert "--backend auto would use docker" in proc.stdout
+
+
+@pytest.mark.docker
+def test_ctrl_c_ends_a_run_cleanly_and_removes_its_container(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    import docker
+
+    from rlm.backends.docker import OWNER_LABEL
+
+    engine = docker.from_env()
+    context = tmp_path / "c.txt"
+    context.write_text(make_haystack(2_000).text)
+    # Slow root replies keep the run inside the container's lifetime when Ctrl-C lands.
+    with OfflineModelServer(latency=2.0) as server:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RLM_"))}
+        proc = subprocess.Popen(
+            [RLM, "run", "--context", str(context), "--query", "What is x?"],
+            env={**base, **model_env(server), "RLM_BACKEND": "docker"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Containers are labelled with their owner process, so other runs don't count.
+            mine = {"label": f"{OWNER_LABEL}={socket.gethostname()}:{proc.pid}"}
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if engine.containers.list(all=True, filters=mine):
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the run never started a container")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert engine.containers.list(all=True, filters=mine) == []
