@@ -340,7 +340,8 @@ async def launch(
             raise SandboxUnavailable(_explain_api_error(exc, spec)) from None
         box = SandboxContainer(client, container, Channel(sock, max_message=max_message), spec)
         await box.channel.send({"type": "hello", "protocol": protocol.PROTOCOL_VERSION})
-        with anyio.fail_after(_HANDSHAKE_TIMEOUT):
+        with anyio.move_on_after(_HANDSHAKE_TIMEOUT):
+            hello = None
             try:
                 hello = await box.channel.receive()
             except _Gone as exc:
@@ -351,6 +352,11 @@ async def launch(
                     f"{state.get('ExitCode')}): {tail[-500:] or 'no output'}; "
                     "rebuild the image with `rlm image build`"
                 ) from None
+        if hello is None:
+            raise SandboxUnavailable(
+                f"the sandbox container did not answer within {_HANDSHAKE_TIMEOUT:g} s; "
+                f"check the engine (`docker info`) and the image ({spec.image})"
+            )
         if hello["type"] != "hello":
             raise ProtocolError(f"expected hello from the sandbox, got {hello['type']}")
         if hello["protocol"] != protocol.PROTOCOL_VERSION:

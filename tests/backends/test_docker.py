@@ -671,3 +671,24 @@ async def test_a_cancelled_context_load_leaves_a_usable_session(
     result = await box.execute("print(len(context))", 60)
     assert result.stdout == "100000000\n"
     assert (await box.execute(123, 10)).error == "TypeError: a cell must be a str of Python code"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("settings", "hint"),
+    [
+        ({"image": "rlm-sandbox:no-such-tag"}, "rlm image build"),
+        ({"runtime": "no-such-runtime"}, "setup-docker.sh"),
+    ],
+)
+async def test_start_says_what_to_do_when_it_cannot_run(
+    settings: dict[str, str], hint: str, docker_client: Any
+) -> None:
+    from rlm.errors import SandboxUnavailable
+
+    before = set(_ours(docker_client))
+    kwargs: dict[str, Any] = {"docker_client": docker_client, "image": IMAGE, **settings}
+    box = DockerSandbox(make_bridge(), **kwargs)
+    with pytest.raises(SandboxUnavailable, match=hint.replace(".", r"\.")):
+        await box.start()
+    await box.close()
+    assert set(_ours(docker_client)) == before
