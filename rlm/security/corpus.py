@@ -24,7 +24,7 @@ a sub-table named ``restricted``, ``docker``, ``runc`` or ``runsc`` (the runtime
 tables override ``docker``). Code may use placeholders the harness fills in:
 ``@PORT@``, ``@PORT6@``, ``@UDP_PORT@``, ``@HOST_DIR@``, ``@HOST_FILE@``,
 ``@HOST_WRITE@``, ``@UNIX_SOCKET@``, ``@ENV_NAME@``, ``@VICTIM_SESSION@``,
-``@VICTIM_TENANT@``, ``@MARKER@``.
+``@VICTIM_TENANT@``, ``@MARKER@``, ``@MODEL_PORT@`` (the model server's port).
 
 A payload signals that it got somewhere it must not by printing the marker
 (``ESCAPED`` by default); independently of that, the harness checks the canary
@@ -63,6 +63,7 @@ PLACEHOLDERS = frozenset(
         "@VICTIM_SESSION@",
         "@VICTIM_TENANT@",
         "@MARKER@",
+        "@MODEL_PORT@",
     }
 )
 

@@ -28,6 +28,7 @@ from rlm.batcher import Batcher
 from rlm.client import ModelClient
 from rlm.dispatch import SessionBridge
 from rlm.errors import RLMError, VariableNotFound
+from rlm.retry import RetryPolicy
 from rlm.security.corpus import MARKER, Expectation, Payload
 from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
 from rlm.security.report import PayloadResult, TargetReport
@@ -43,6 +44,7 @@ SUITE_LIMITS = SessionLimits(
     max_batch_size=16,
     max_concurrent=8,
 )
+SUITE_RETRY = RetryPolicy(max_tries=2, base_delay=0.05, max_delay=0.2, max_elapsed=2.0)
 #: The context loaded into every sandbox; payloads may read it, it holds nothing secret.
 SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
 #: Characters each cell may print (kept small so the output flood stays cheap).
@@ -104,17 +106,28 @@ class RecordingBridge(SessionBridge):
 
 @dataclass
 class _Observation:
+    code: str = ""
     result: CellResult | None = None
     raised: BaseException | None = None
     overran: bool = False
     seconds: float = 0.0
     variables: dict[str, str] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
 
 
-def _text(result: CellResult | None, raised: BaseException | None) -> str:
+def _text(result: CellResult | None, raised: BaseException | None, code: str = "") -> str:
+    """Everything the cell showed, minus the traceback's echo of the cell's own source.
+
+    A traceback quotes the line that failed, so ``print("ESCAPED", ...)`` failing would
+    otherwise look like the attack got through; a line the cell printed or raised is
+    never a verbatim line of its source unless the payload arranges it, and none does.
+    """
+    source = {line.strip() for line in code.splitlines() if line.strip()}
     parts = []
     if result is not None:
-        parts += [result.stdout, result.stderr, result.error or ""]
+        parts += [result.stdout, result.stderr]
+        error = result.error or ""
+        parts += [line for line in error.splitlines() if line.strip() not in source]
     if raised is not None:
         parts.append(str(raised))
     return "\n".join(parts)
@@ -152,7 +165,9 @@ class SecurityHarness:
         self.client = ModelClient(
             api_key=self.canary.value, base_url=self.server.base_url, timeout=10.0
         )
-        self.batcher = Batcher(self.client)
+        # Quick retries: payloads provoke provider failures on purpose, and the
+        # default backoff (seconds, doubling) would spend their cell time waiting.
+        self.batcher = Batcher(self.client, retry=SUITE_RETRY)
         return self
 
     async def __aexit__(
@@ -180,6 +195,9 @@ class SecurityHarness:
             "@VICTIM_SESSION@": self.victim.session_id,
             "@VICTIM_TENANT@": self.victim.tenant,
             "@MARKER@": MARKER,
+            "@MODEL_PORT@": self.server.base_url.rsplit(":", 1)[1].split("/")[0]
+            if self.server is not None
+            else "9",
         }
 
     def new_session(self) -> SessionState:
@@ -277,8 +295,9 @@ class SecurityHarness:
         listen_mark = self.fixtures.listeners.count()
         requests_mark = self.server.stats.requests
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
+        integrity = host_integrity()
         code = payload.render(self.placeholders())
-        seen = _Observation()
+        seen = _Observation(code=code)
         started = time.monotonic()
         with anyio.move_on_after(payload.timeout + self.grace) as scope:
             try:
@@ -295,6 +314,9 @@ class SecurityHarness:
                         seen.variables[name] = await sandbox.get_variable(name)
                 except VariableNotFound:
                     continue
+                except TimeoutError:
+                    seen.unreadable.append(name)
+                    broken = True
                 except Exception as exc:
                     seen.variables[name] = f"<could not read: {exc!r}>"
                     broken = True
@@ -311,6 +333,15 @@ class SecurityHarness:
             problems.append(
                 f"{requests} requests reached the provider, over the budget of {budget}"
             )
+        retries = sum(m.retries for m in session.usage.by_model.values())
+        if requests > session.calls_admitted + retries:
+            problems.append(
+                f"the model server got {requests} requests but only "
+                f"{session.calls_admitted} sub-calls (+{retries} retries) were admitted"
+            )
+        changed = integrity_changes(integrity, host_integrity())
+        if changed:
+            problems.append(f"host objects were modified: {changed[:5]}")
         writes = self.fixtures.host_writes()
         if writes:
             problems.append(f"files appeared in the host directory: {writes[:5]}")
@@ -343,6 +374,8 @@ class SecurityHarness:
         problems: list[str] = []
         result, raised = seen.result, seen.raised
         limit = payload.timeout + self.grace
+        for name in seen.unreadable:
+            problems.append(f"reading variable {name!r} back did not finish in 10 s")
         if seen.overran:
             problems.append(
                 f"the cell was not stopped within its limit: still running after "
@@ -386,7 +419,7 @@ class SecurityHarness:
             problems.append(f"expected state_lost={expect.state_lost}, got {restarted}")
 
         stdout = result.stdout if result is not None else ""
-        all_text = _text(result, raised)
+        all_text = _text(result, raised, seen.code)
         for token in expect.forbid:
             if token and token in all_text:
                 problems.append(f"the output shows {token!r}: the attack got through")
@@ -430,6 +463,52 @@ class SecurityHarness:
         if budget is not None and session.calls_admitted > budget:
             problems.append(f"{session.calls_admitted} sub-calls admitted, over {budget}")
         return problems
+
+
+#: Host modules and classes model code in an in-process backend can get hold of; none
+#: of their public attributes may be rebound by a payload.
+_WATCHED_MODULES = (
+    "builtins",
+    "json",
+    "re",
+    "math",
+    "string",
+    "collections",
+    "itertools",
+    "functools",
+    "statistics",
+    "textwrap",
+    "datetime",
+    "operator",
+    "random",
+    "rlm_sandbox.api",
+)
+
+
+def host_integrity() -> dict[str, int]:
+    """Identity of every public attribute of the watched modules and API classes."""
+    import importlib
+
+    from rlm_sandbox import api
+
+    marks: dict[str, int] = {}
+    for name in _WATCHED_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for attr, value in list(vars(module).items()):
+            if not attr.startswith("_"):
+                marks[f"{name}.{attr}"] = id(value)
+    for cls in (api.LLMError, api.RLMCallError, str, list, dict, object):
+        for attr, value in list(vars(cls).items()):
+            marks[f"{cls.__qualname__}.{attr}"] = id(value)
+    return marks
+
+
+def integrity_changes(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    changed = [k for k, v in after.items() if before.get(k) != v]
+    return sorted(changed + [k for k in before if k not in after])
 
 
 def _evidence(seen: _Observation) -> str:
