@@ -33,6 +33,9 @@ class RLMConfig:
     backend: str = "auto"
     docker_runtime: str = "runc"
     image: str = "rlm-sandbox:latest"
+    #: Container memory limit (swap included). Chunking a 100 MB context needs ~1 GB.
+    docker_memory: str = "2g"
+    docker_cpus: float = 1.0
     cell_timeout: float = 60.0
     request_timeout: float = 120.0
     max_iterations: int = 20
@@ -58,12 +61,14 @@ class RLMConfig:
             "backend": _env("RLM_BACKEND", "auto", dotfile),
             "docker_runtime": _env("RLM_DOCKER_RUNTIME", "runc", dotfile),
             "image": _env("RLM_IMAGE", "rlm-sandbox:latest", dotfile),
+            "docker_memory": _env("RLM_DOCKER_MEMORY", "2g", dotfile),
         }
         for name, kind in (
             ("cell_timeout", float),
             ("request_timeout", float),
             ("max_iterations", int),
             ("output_limit", int),
+            ("docker_cpus", float),
         ):
             raw = _env(f"RLM_{name.upper()}", None, dotfile)
             if raw is not None:

@@ -47,5 +47,7 @@ def create_sandbox(name: str, bridge: SessionBridge, config: RLMConfig) -> Sandb
             output_limit=config.output_limit,
             image=config.image,
             runtime=config.docker_runtime,
+            memory=config.docker_memory,
+            cpus=config.docker_cpus,
         )
     raise ConfigurationError(f"unknown backend {name!r}; use restricted or docker")
