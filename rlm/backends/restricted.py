@@ -9,14 +9,16 @@ multi-tenant code: use the Docker backend for that.
 How a cell runs:
 
 - It is compiled under :class:`~rlm.backends.restricted_guards.SandboxPolicy` and
-  executed in a worker thread (``anyio.to_thread.run_sync``), so the host's event loop
-  keeps serving sub-calls and other sessions meanwhile.
+  executed on a thread of its own, so the host's event loop keeps serving sub-calls
+  and other sessions meanwhile. (Not a pooled worker thread: a stop injected a
+  moment too late must never land in a thread that now runs someone else's work.)
 - At its deadline the host sets the epoch's stop flag (every guard then raises) and
   injects a ``BaseException`` into the thread (``PyThreadState_SetAsyncExc``), again
-  and again until the cell ends. Model code cannot catch it: ``except`` may only name
-  ``Exception`` subclasses. If the thread still runs after a grace period the
-  namespace is abandoned to it and a fresh one (with ``context``) takes its place:
-  ``state_lost=True``.
+  and again while model code is on its stack. Model code cannot catch it: ``except``
+  may only name ``Exception`` subclasses, and nothing may be caught once a stop is
+  under way. If the thread still runs after a grace period (it is blocked outside
+  Python) the namespace is abandoned to it and a fresh one (with ``context``) takes
+  its place: ``state_lost=True``.
 - A watchdog thread samples the process's resident memory while the cell runs and
   stops the cell with a MemoryError when it has grown by more than the limit.
 - ``llm_query``/``llm_batch`` are the same functions as in Docker
@@ -33,6 +35,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from types import CodeType, FrameType, TracebackType
 from typing import Any
@@ -40,7 +43,6 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
-import anyio.to_thread
 from rlm_sandbox.api import RLMCallError, make_functions
 
 from rlm.backends.base import CellResult, Sandbox
@@ -101,30 +103,53 @@ class _Epoch:
 
 
 class _Run:
-    """One job (a cell, or reading a variable) on a worker thread, and how to stop it."""
+    """One job (a cell, or reading a variable) on a thread of its own, and how to stop it.
 
-    def __init__(self, epoch: _Epoch) -> None:
+    Stops are injected only into this job's own thread, only while it is alive, and
+    only while model code is on its stack (see :func:`_in_model_code`): never into a
+    thread that is back in host code, let alone one that another job or library
+    now uses.
+    """
+
+    def __init__(self, epoch: _Epoch, token: anyio.lowlevel.EventLoopToken) -> None:
         self.epoch = epoch
+        self.token = token
         self.lock = threading.Lock()
-        self.thread_id: int | None = None
         self.running = False
         self.finished = threading.Event()
+        self.done = anyio.Event()
         self.stop_reason: type[SandboxStop] | None = None
         self.scopes: set[anyio.CancelScope] = set()
+        # A code object of its own, so this job's frame is told apart from any other.
+        self.entry = types.FunctionType(
+            _thread_entry.__code__.replace(), _thread_entry.__globals__, "_thread_entry"
+        )
+        self.thread: threading.Thread | None = None
         # What the job produced.
         self.error: str | None = None
         self.value: Any = None
 
+    def start(self, job: Callable[[], None]) -> None:
+        self.thread = threading.Thread(
+            target=_run_thread, args=(self, job), name="rlm-restricted-cell", daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def over(self) -> bool:
+        thread = self.thread
+        return self.finished.is_set() or (thread is not None and not thread.is_alive())
+
     def arm(self) -> None:
         with self.lock:
-            self.thread_id = threading.get_ident()
             self.running = True
 
     def disarm(self) -> None:
         with self.lock:
             self.running = False
-            if self.thread_id is not None:
-                _clear_async_exc(self.thread_id, None)  # drop an injection not yet delivered
+            # Withdraw an injected stop not yet delivered: nothing after this point
+            # may be interrupted.
+            _clear_async_exc(threading.get_ident(), None)
 
     def request_stop(self, reason: type[SandboxStop]) -> None:
         """Make every guard raise ``reason`` and raise it in the thread (any thread may call)."""
@@ -135,13 +160,20 @@ class _Run:
 
     def inject(self) -> None:
         reason = self.stop_reason
-        if reason is None:
+        thread = self.thread
+        if reason is None or thread is None:
             return
         with self.lock:
-            tid = self.thread_id
-            if not self.running or tid is None or not _inside_job(tid):
+            tid = thread.ident
+            if not self.running or tid is None or not thread.is_alive():
                 return
-            _set_async_exc(tid, reason)
+            if _in_model_code(tid, self.entry.__code__):
+                _set_async_exc(tid, reason)
+
+    def notify(self) -> None:
+        """Tell the event loop the job is over (from the job's thread)."""
+        with contextlib.suppress(Exception):
+            anyio.from_thread.run_sync(self.done.set, token=self.token)
 
     def cancel_subcalls(self) -> None:
         """Cancel the sub-calls this job waits for; only on the event loop's thread."""
@@ -150,17 +182,16 @@ class _Run:
 
 
 def _thread_entry(run: _Run, job: Callable[[], None]) -> None:
-    """Run ``job`` on the worker thread so that a stop arriving late does no harm.
+    """Run ``job``; a stop that arrives after model code has ended is absorbed here.
 
-    A stop is only ever injected while this function is on the thread's stack (see
-    :func:`_inside_job`) and ``run.running`` is set, so it lands here at the latest;
-    each attempt either finishes the job or records the stop, then disarms.
+    Each :class:`_Run` calls its own copy of this function (same code, distinct code
+    object), which is how :func:`_in_model_code` recognises the job's frames.
     """
-    done = False
-    for _ in range(100):
+    started = False
+    for _ in range(1000):
         try:
-            if not done:
-                done = True
+            if not started:
+                started = True
                 with decimal.localcontext(sandbox_decimal_context()):
                     run.arm()
                     job()
@@ -173,17 +204,29 @@ def _thread_entry(run: _Run, job: Callable[[], None]) -> None:
             if run.error is None:
                 run.error = f"internal error in the sandbox: {type(exc).__name__}"
     run.finished.set()
+    run.notify()
 
 
-_THREAD_ENTRY_CODE: CodeType = _thread_entry.__code__
+def _run_thread(run: _Run, job: Callable[[], None]) -> None:
+    try:
+        run.entry(run, job)
+    except BaseException:
+        # A stop that landed while the entry was absorbing another: the job is over
+        # all the same, and the thread is ours alone, so it may simply end.
+        run.notify()
 
 
-def _inside_job(thread_id: int) -> bool:
+def _in_model_code(thread_id: int, entry_code: CodeType) -> bool:
+    """Whether the thread runs a job's model code (a cell frame above ``entry_code``)."""
     frame: FrameType | None = sys._current_frames().get(thread_id)
+    model = False
     depth = 0
     while frame is not None and depth < 100_000:
-        if frame.f_code is _THREAD_ENTRY_CODE:
-            return True
+        code = frame.f_code
+        if code is entry_code:
+            return model
+        if code.co_filename.startswith("<cell "):
+            model = True
         frame = frame.f_back
         depth += 1
     return False
@@ -206,7 +249,7 @@ class _Watchdog(threading.Thread):
         if self.baseline is None:
             return
         job = self.run_
-        while not job.finished.wait(_WATCHDOG_INTERVAL_S):
+        while not job.finished.wait(_WATCHDOG_INTERVAL_S) and not job.over:
             rss = _rss_bytes()
             if rss is not None and rss - self.baseline > self.limit:
                 job.request_stop(MemoryLimitExceeded)
@@ -235,7 +278,6 @@ class RestrictedSandbox(Sandbox):
         self._cells = 0
         self._sources: dict[str, list[str]] = {}
         self._lock: anyio.Lock | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._closed = False
 
@@ -247,7 +289,6 @@ class RestrictedSandbox(Sandbox):
         if self._epoch is not None:
             return
         self._lock = anyio.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
         self._token = anyio.lowlevel.current_token()
         self._epoch = self._new_epoch()
 
@@ -262,12 +303,16 @@ class RestrictedSandbox(Sandbox):
             return
         self._closed = True
         run = self._run
-        if run is not None and not run.finished.is_set():
+        if run is not None and not run.over:
             run.request_stop(CellTimeout)
             run.cancel_subcalls()
         self._epoch = None
         self._context = None
         self._sources.clear()
+
+    def _token_(self) -> anyio.lowlevel.EventLoopToken:
+        assert self._token is not None
+        return self._token
 
     def _started(self) -> None:
         if self._closed:
@@ -295,7 +340,7 @@ class RestrictedSandbox(Sandbox):
             epoch = self._epoch
             assert epoch is not None
             started = time.monotonic()
-            run = _Run(epoch)
+            run = _Run(epoch, self._token_())
 
             def job() -> None:
                 self._run_cell(run, code, filename)
@@ -346,41 +391,58 @@ class RestrictedSandbox(Sandbox):
     async def _run_job(
         self, run: _Run, job: Callable[[], None], timeout: float, *, watch_memory: bool
     ) -> tuple[type[SandboxStop] | None, bool]:
-        """Run ``job`` on a worker thread within ``timeout``; returns (stop reason, state lost)."""
+        """Run ``job`` on its own thread within ``timeout``; returns (stop reason, state lost)."""
         epoch = run.epoch
         epoch.guards.stop = None
         epoch.guards.output = type(epoch.guards.output)(self.output_limit)
         self._run = run
         watchdog = _Watchdog(run, self.memory_limit_bytes) if watch_memory else None
-        if watchdog is not None:
-            watchdog.start()
         try:
-            with anyio.move_on_after(max(timeout, 0.0)):
-                await anyio.to_thread.run_sync(
-                    _thread_entry, run, job, abandon_on_cancel=True, limiter=self._limiter
-                )
-            if run.finished.is_set():
-                return run.stop_reason, False
+            run.start(job)
+            if watchdog is not None:
+                watchdog.start()
+            deadline = time.monotonic() + max(timeout, 0.0)
+            while not run.over and time.monotonic() < deadline:
+                # The event is set by the thread as it ends; the short wait only
+                # matters if the thread died before it could say so.
+                with anyio.move_on_after(min(0.25, max(deadline - time.monotonic(), 0))):
+                    await run.done.wait()
+        except BaseException:
+            # Cancelled from outside: the thread must not run on unwatched.
+            with anyio.CancelScope(shield=True):
+                await self._stop(run)
+            raise
+        if run.over:
+            if self._run is run:
+                self._run = None
+            return run.stop_reason, False
+        stopped = await self._stop(run)
+        return run.stop_reason, not stopped
+
+    async def _stop(self, run: _Run) -> bool:
+        """Stop ``run`` within the grace period; False if its namespace had to be given up."""
+        if not run.over:
             run.request_stop(CellTimeout)
             run.cancel_subcalls()
             deadline = time.monotonic() + self.stop_grace_s
-            while not run.finished.is_set() and time.monotonic() < deadline:
-                await anyio.sleep(_REINJECT_INTERVAL_S)
+            while not run.over and time.monotonic() < deadline:
+                with anyio.move_on_after(_REINJECT_INTERVAL_S):
+                    await run.done.wait()
                 run.inject()
                 run.cancel_subcalls()
-            if run.finished.is_set():
-                return run.stop_reason, False
-            self._give_up(run)
-            return run.stop_reason, True
-        finally:
-            if self._run is run:
-                self._run = None
+        if self._run is run:
+            self._run = None
+        if run.over:
+            return True
+        self._give_up(run)
+        return False
 
     def _give_up(self, run: _Run) -> None:
         """The thread would not stop: leave it its namespace and start a fresh one."""
         if run.error is None:
             run.error = _stop_message(run.stop_reason or CellTimeout)
-        self._epoch = self._new_epoch()
+        if self._epoch is run.epoch and not self._closed:
+            self._epoch = self._new_epoch()
         threading.Thread(
             target=_reap, args=(run,), name="rlm-restricted-reaper", daemon=True
         ).start()
@@ -402,12 +464,13 @@ class RestrictedSandbox(Sandbox):
             value = epoch.namespace[name]
             if isinstance(value, str):
                 return value if type(value) is str else str.__getitem__(value, slice(None))
-            run = _Run(epoch)
+            run = _Run(epoch, self._token_())
             limit = self.output_limit
 
             def job() -> None:
                 try:
-                    text = epoch.guards.repr(value)
+                    # str(), as the Docker runner does: FINAL_VAR of a date reads 2024-01-01.
+                    text = epoch.guards.to_str(value)
                 except SandboxStop:
                     raise
                 except Exception as exc:
@@ -435,7 +498,7 @@ class RestrictedSandbox(Sandbox):
             token = sandbox._token
             if run is None or token is None:
                 raise RLMCallError("sub-calls are only available while a cell runs")
-            plain = _plain(params)
+            plain = _plain(params)  # on this thread: it may run the model's methods
             try:
                 return anyio.from_thread.run(sandbox._host_call, run, method, plain, token=token)
             except SandboxStop:
@@ -547,17 +610,17 @@ def _walk_tb(tb: TracebackType | None) -> list[tuple[FrameType, int]]:
 def _exception_line(exc: BaseException, guards: Guards, limit: int) -> str:
     name = type(exc).__name__
     try:
-        if len(exc.args) == 1 and isinstance(exc.args[0], str):
+        if isinstance(exc, KeyError) and len(exc.args) == 1:
+            message = guards.repr(exc.args[0])  # as Python shows it: KeyError: 'k'
+        elif len(exc.args) == 1 and isinstance(exc.args[0], str):
             message = exc.args[0]
         elif not exc.args:
             message = ""
         else:
-            message = (
-                guards.to_str(exc) if not isinstance(exc, KeyError) else guards.repr(exc.args[0])
-            )
+            message = guards.to_str(exc)
     except SandboxStop:
         raise
-    except Exception:
+    except Exception:  # too big, or broken, to show
         message = "<the exception's message could not be shown>"
     if isinstance(message, str) and type(message) is not str:
         message = str.__getitem__(message, slice(None))
@@ -591,14 +654,17 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return float.__float__(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v, depth + 1) for v in value]
+        return [
+            _plain(v, depth + 1)
+            for v in (list.copy(value) if isinstance(value, list) else tuple(value))
+        ]
     if isinstance(value, dict):
-        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in value.items()}
+        return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in dict.items(value)}
     raise RLMCallError(f"a sub-call argument of type {type(value).__name__} cannot be sent")
 
 
 def _reap(run: _Run) -> None:
     """Keep stopping a thread that would not stop, until it does (or the process ends)."""
-    while not run.finished.wait(0.5):
+    while not run.finished.wait(0.5) and not run.over:
         with contextlib.suppress(Exception):
             run.inject()

@@ -245,6 +245,21 @@ class SandboxPolicy(RestrictingNodeTransformer):
         copy_locations(stmt, node)
         return stmt
 
+    def visit_Attribute(self, node: ast.Attribute) -> Any:
+        if node.attr in READABLE_DUNDERS and isinstance(node.ctx, ast.Load):
+            node = self.node_contents_visit(node)
+            return _call("_getattr_", [node.value, ast.Constant(node.attr)], node)
+        return super().visit_Attribute(node)
+
+    def visit_Module(self, node: ast.Module) -> Any:
+        # A trailing expression is shown like in a REPL (as the Docker runner does).
+        # Wrapped after the checks: the guard's own name would not pass them.
+        node = super().visit_Module(node)
+        if node.body and isinstance(node.body[-1], ast.Expr):
+            last = node.body[-1]
+            last.value = _call("_rlm_display_", [last.value], last.value)
+        return node
+
     def check_attribute_name(self, node: ast.Attribute) -> None:
         if node.attr.startswith("_") or node.attr in INSPECT_ATTRIBUTES:
             self.error(node, f'"{node.attr}" is an invalid attribute name in the sandbox.')
@@ -284,6 +299,9 @@ _BLOCKED_NAMES = frozenset(
         "ag_await",
     }
 )
+#: Dunder attributes model code may read (``type(x).__name__``): their values are
+#: only ever handed out when they are plain str.
+READABLE_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__"})
 _BLOCKED_PREFIXES = ("_", "co_", "gi_", "cr_", "ag_", "tb_", "func_", "im_")
 #: Objects of these types are never handed out, and have no attributes to model code.
 _BLOCKED_TYPES = frozenset(
@@ -630,6 +648,10 @@ class Guards:
         if type(name) is not str:
             raise TypeError("attribute name must be a str")
         if _is_blocked_name(name):
+            if name in READABLE_DUNDERS and type(obj) not in _BLOCKED_TYPES:
+                text = getattr(obj, name, None)
+                if text is None or type(text) is str:
+                    return text
             if default:
                 return default[0]
             _deny(f'"{name}" is not accessible in the sandbox')
@@ -690,7 +712,7 @@ class Guards:
         stop = self.stop
         if stop is not None:
             raise stop()
-        if self.writable(obj):
+        if self.writable(obj) or isinstance(obj, ModuleView):  # a view refuses by itself
             return obj
         return _ReadOnly(obj)
 
@@ -858,6 +880,13 @@ class Guards:
         self.check_text("ascii() of this value", 10 * _estimate_repr(value, self.memory_limit))
         return ascii(value)
 
+    def display(self, value: Any) -> None:
+        """Show a cell's trailing expression, like a REPL."""
+        if value is not None:
+            sink = self.output
+            if not sink.full:
+                sink.write(self.repr(value) + "\n")
+
     def catch(self, spec: Any) -> Any:
         """What an ``except`` clause may name: Exception subclasses, never a stop."""
         stop = self.stop
@@ -892,10 +921,14 @@ class Guards:
     # -- builtins ---------------------------------------------------------------------------
 
     def type_of(self, obj: Any) -> Any:
-        """``type(obj)``: one argument only, and never a metaclass."""
+        """``type(obj)``, one argument only; the type of a class is this function itself.
+
+        So ``type(int) is type`` still holds, while no metaclass (which could build
+        classes with any dunder method) is ever handed out.
+        """
         t = type(obj)
         if issubclass(t, type):
-            raise TypeError("type() of a class is not available in the sandbox")
+            return self.builtins["type"]
         substitute = self._substitutes.get(id(t))
         return t if substitute is None else substitute
 
@@ -905,6 +938,7 @@ class Guards:
             bytes: self.builtins["bytes"],
             bytearray: self.builtins["bytearray"],
             range: safe_range,
+            BigRange: safe_range,
             map: self.builtins["map"],
             filter: self.builtins["filter"],
             decimal.Decimal: self.module("decimal").Decimal,
@@ -1032,6 +1066,8 @@ class Guards:
             if len(args) != 1:
                 raise TypeError("type() takes exactly one argument in the sandbox")
             return g.type_of(args[0])
+
+        sandbox_type.__name__ = sandbox_type.__qualname__ = "type"
 
         def sandbox_getattr(obj: Any, name: Any, *default: Any) -> Any:
             return g.getattr(obj, name, *default)
@@ -1185,6 +1221,7 @@ class Guards:
                 "_rlm_catch_": self.catch,
                 "_rlm_aug_item_": self.aug_item,
                 "_rlm_aug_attr_": self.aug_attr,
+                "_rlm_display_": self.display,
             }
         )
         return names
@@ -1460,6 +1497,8 @@ _DENIED_ATTRS: dict[str, set[str]] = {
     # setcontext would change the context of the (shared) worker thread.
     "decimal": {"setcontext", "HAVE_CONTEXTVAR", "HAVE_THREADS"},
     "random": {"getstate", "setstate"},
+    # UCD objects have their own normalize(), without the size check.
+    "unicodedata": {"UCD", "ucd_3_2_0"},
 }
 
 
@@ -1496,7 +1535,7 @@ def _module_overrides(g: Guards, name: str, attrs: dict[str, Any]) -> dict[str, 
         out: dict[str, Any] = {
             attr: getattr(rng, attr)
             for attr, value in attrs.items()
-            if isinstance(value, types.MethodType) and value.__self__ is random._inst  # type: ignore[attr-defined]
+            if getattr(value, "__self__", None) is random._inst  # type: ignore[attr-defined]
         }
         out["randbytes"] = _checked_random(g, "randbytes", rng.randbytes)
         out["getrandbits"] = _checked_random(g, "getrandbits", rng.getrandbits)
