@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import builtins
 import collections
+import copy
 import decimal
 import fractions
 import functools
@@ -342,6 +343,32 @@ _DANGEROUS = tuple(
     if hasattr(builtins, name)
 )
 _DANGEROUS_IDS = frozenset(id(x) for x in (*_DANGEROUS, builtins.__dict__, sys.modules))
+
+
+_MUTABLE_TYPES = frozenset(
+    {
+        dict,
+        list,
+        set,
+        bytearray,
+        collections.deque,
+        collections.defaultdict,
+        collections.OrderedDict,
+        collections.Counter,
+    }
+)
+_FORMAT_METHODS = (str.format, str.format_map)
+
+
+def _is_format_method(value: Any) -> bool:
+    """``str.format``/``format_map``, unbound or bound to any str, however reached."""
+    if value is _FORMAT_METHODS[0] or value is _FORMAT_METHODS[1]:
+        return True
+    return (
+        type(value) is types.BuiltinMethodType
+        and value.__name__ in ("format", "format_map")
+        and isinstance(value.__self__, str)
+    )
 
 
 def _is_blocked_name(name: str) -> bool:
@@ -671,8 +698,20 @@ class Guards:
                 return default[0]
             message = f"{tobj.__name__!r} object has no attribute {name!r}"
         else:
+            if _is_format_method(value):  # reached some other way, e.g. through super()
+                _deny("str.format is not available in the sandbox; use f-strings or %")
+            if type(value) in _MUTABLE_TYPES and not self.is_model(obj):
+                # A container held by a host class or module is shared by every
+                # session (and the host): model code gets its own copy to change.
+                return copy.copy(value)
             return self._checked(self._wrap_method(obj, name, value))
         raise AttributeError(message)
+
+    def is_model(self, obj: Any) -> bool:
+        """Whether ``obj`` is a class model code defined, or an instance of one."""
+        return type(obj) in self.model_classes or (
+            isinstance(obj, type) and obj in self.model_classes
+        )
 
     def hasattr(self, obj: Any, name: Any) -> bool:
         try:
@@ -702,10 +741,8 @@ class Guards:
         return iter(obj)
 
     def writable(self, obj: Any) -> bool:
-        return (
-            isinstance(obj, (dict, list, set, bytearray, collections.deque))
-            or type(obj) in self.model_classes
-            or obj in self.model_classes
+        return isinstance(obj, (dict, list, set, bytearray, collections.deque)) or self.is_model(
+            obj
         )
 
     def write(self, obj: Any) -> Any:

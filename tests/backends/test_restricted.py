@@ -407,6 +407,16 @@ ESCAPES = {
     "dir-underscore": "print('{m}', [n for n in dir(llm_query) if n.startswith('_')] or 1 / 0)",
     "exception-group": "print('{m}', ExceptionGroup, BaseException, SystemExit, KeyboardInterrupt)",
     "super-dunder": "print('{m}', getattr(super(int, 1), '__self_class__'))",
+    "format-via-super": (
+        "class S(str):\n    pass\ns = S('{{0.__class__}}')\nprint('{m}', super(S, s).format(1))"
+    ),
+    "format-via-llmerror-super": (
+        "e = LLMError('{{0.__class__}}', 'k')\nprint('{m}', super(LLMError, e).format(1))"
+    ),
+    "format-map-via-super": (
+        "class S(str):\n    pass\nf = getattr(super(S, S('{{x.__class__}}')), 'format_map')\n"
+        "print('{m}', f({{'x': 1}}))"
+    ),
     "functools-partial-func": (
         "import functools\np = functools.partial(getattr, llm_query)\n"
         "print('{m}', p('__globals__'))"
@@ -482,6 +492,65 @@ print(len(seen), canary)
     for kind in ("module", "frame", "code", "traceback", "cell", "function_globals"):
         assert f"'{kind}'" not in kinds
     await sandbox.close()
+
+
+async def test_host_shared_objects_cannot_be_changed(box: RestrictedSandbox) -> None:
+    import textwrap
+
+    before = dict(textwrap.TextWrapper.unicode_whitespace_trans)
+    result = await run(
+        box,
+        "import textwrap, json, collections\n"
+        "textwrap.TextWrapper.unicode_whitespace_trans.clear()\n"
+        "textwrap.TextWrapper().unicode_whitespace_trans.update({1: 2})\n"
+        "try:\n    textwrap.TextWrapper.width = 1\nexcept TypeError as e:\n    print(e)\n"
+        "try:\n    collections.Counter.most_common = len\nexcept TypeError as e:\n    print(e)\n"
+        "try:\n    json.loads = len\nexcept TypeError as e:\n    print(e)",
+    )
+    assert result.error is None, result.error
+    assert textwrap.TextWrapper.unicode_whitespace_trans == before
+    assert not hasattr(textwrap.TextWrapper, "width")
+    assert result.stdout.count("cannot be modified") == 2 and "read-only" in result.stdout
+
+
+def test_every_reachable_container_is_the_models_own() -> None:
+    """Walk what model code can reach: each mutable container is a fresh copy."""
+    import collections
+
+    from rlm.backends.restricted_guards import Guards
+
+    guards = Guards(memory_limit=2**31, output_limit=100)
+    queue: list[tuple[Any, str, Any]] = [(guards.module(m), m, None) for m in ALLOWED_MODULES] + [
+        (v, n, None) for n, v in guards.builtins.items() if not n.startswith("_")
+    ]
+    seen: set[int] = set()
+    keep: list[Any] = []
+    shared: list[str] = []
+    mutable = (dict, list, set, bytearray, collections.deque)
+    while queue and len(seen) < 100_000:
+        obj, path, parent = queue.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        keep.append(obj)
+        if isinstance(obj, mutable) and parent is not None:
+            owner, name = parent
+            if guards.getattr(owner, name) is obj:
+                shared.append(path)
+        if isinstance(obj, (str, bytes, int, float)):
+            continue
+        for name in dir(obj):
+            try:
+                value = guards.getattr(obj, name)
+            except BaseException:
+                continue
+            queue.append((value, f"{path}.{name}", (obj, name)))
+        if isinstance(obj, dict):
+            queue.extend((v, f"{path}[]", None) for v in list(obj.values()))
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            queue.extend((v, f"{path}[]", None) for v in list(obj))
+    assert len(seen) > 1_000
+    assert shared == []
 
 
 # -- stopping runaway cells -----------------------------------------------------------
