@@ -360,6 +360,25 @@ _MUTABLE_TYPES = frozenset(
 _FORMAT_METHODS = (str.format, str.format_map)
 
 
+#: Values handed out without further checks: they lead nowhere.
+_PLAIN_TYPES = frozenset(
+    {str, int, float, bool, type(None), bytes, tuple, list, dict, set, frozenset, complex}
+)
+#: Containers model code may always modify (its own, or copies; see getattr).
+_WRITABLE_TYPES = frozenset(
+    {
+        dict,
+        list,
+        set,
+        bytearray,
+        collections.deque,
+        collections.Counter,
+        collections.defaultdict,
+        collections.OrderedDict,
+    }
+)
+
+
 def _is_format_method(value: Any) -> bool:
     """``str.format``/``format_map``, unbound or bound to any str, however reached."""
     if value is _FORMAT_METHODS[0] or value is _FORMAT_METHODS[1]:
@@ -658,8 +677,11 @@ class Guards:
 
     def to_str(self, obj: Any) -> str:
         """``str(obj)`` for print and formatting, refusing what would be huge."""
-        if type(obj) is str:
+        t = type(obj)
+        if t is str:
             return obj
+        if t is int or t is float or t is bool or obj is None:
+            return str(obj)  # ints past 4300 digits raise ValueError, as in Python
         if isinstance(obj, str):
             return str.__str__(obj)
         self.check_text("converting this value to text", _estimate_repr(obj, self.memory_limit))
@@ -698,13 +720,17 @@ class Guards:
                 return default[0]
             message = f"{tobj.__name__!r} object has no attribute {name!r}"
         else:
-            if _is_format_method(value):  # reached some other way, e.g. through super()
+            tvalue = type(value)
+            if tvalue is types.BuiltinMethodType and _is_format_method(value):
+                # str.format reached some other way, e.g. through super().
                 _deny("str.format is not available in the sandbox; use f-strings or %")
-            if type(value) in _MUTABLE_TYPES and not self.is_model(obj):
+            if tvalue in _MUTABLE_TYPES and not self.is_model(obj):
                 # A container held by a host class or module is shared by every
                 # session (and the host): model code gets its own copy to change.
                 return copy.copy(value)
-            return self._checked(self._wrap_method(obj, name, value))
+            if name in _WRAPPED_METHOD_NAMES:
+                value = self._wrap_method(obj, name, value)
+            return self._checked(value)
         raise AttributeError(message)
 
     def is_model(self, obj: Any) -> bool:
@@ -721,18 +747,23 @@ class Guards:
         return True
 
     def _checked(self, value: Any) -> Any:
-        substitute = self._substitutes.get(id(value))
-        if substitute is not None:
-            return substitute
-        if type(value) in _BLOCKED_TYPES or id(value) in _DANGEROUS_IDS:
+        t = type(value)
+        if t in _PLAIN_TYPES:
+            return value
+        if t in _BLOCKED_TYPES or id(value) in _DANGEROUS_IDS:
             _deny("this object is not accessible in the sandbox")
+        if isinstance(value, type):
+            substitute = self._substitutes.get(id(value))
+            if substitute is not None:
+                return substitute
         return value
 
     def getitem(self, obj: Any, key: Any) -> Any:
         stop = self.stop
         if stop is not None:
             raise stop()
-        return self._checked(obj[key])
+        value = obj[key]
+        return value if type(value) in _PLAIN_TYPES else self._checked(value)
 
     def getiter(self, obj: Any) -> Iterator[Any]:
         stop = self.stop
@@ -749,7 +780,9 @@ class Guards:
         stop = self.stop
         if stop is not None:
             raise stop()
-        if self.writable(obj) or isinstance(obj, ModuleView):  # a view refuses by itself
+        if (
+            type(obj) in _WRITABLE_TYPES or self.writable(obj) or isinstance(obj, ModuleView)
+        ):  # a view refuses by itself
             return obj
         return _ReadOnly(obj)
 
@@ -855,6 +888,12 @@ class Guards:
         return self._aug_value(op, x, y)
 
     def aug_item(self, obj: Any, key: Any, op: str, value: Any) -> None:
+        if type(obj) in _WRITABLE_TYPES and op == "+=":  # counts[k] += 1, the common case
+            stop = self.stop
+            if stop is not None:
+                raise stop()
+            obj[key] += value
+            return
         target = self.write(obj)
         current = self.getitem(obj, key)
         target[key] = self._aug_value(op, current, value)
@@ -1384,6 +1423,28 @@ def _check_translate(g: Guards, s: Any, table: Any = None, *_: Any) -> None:
         longest = max((len(v) for v in table.values() if hasattr(v, "__len__")), default=1)
         g.refuse_size("this translate()", len(s) * max(longest, 1) * _char_bytes(s))
 
+
+#: Attribute names whose values _wrap_method may replace (checked before calling it).
+_WRAPPED_METHOD_NAMES = frozenset(
+    {
+        "ljust",
+        "rjust",
+        "center",
+        "zfill",
+        "expandtabs",
+        "replace",
+        "join",
+        "translate",
+        "sort",
+        "to_bytes",
+        "elements",
+        "sub",
+        "subn",
+        "expand",
+        "randbytes",
+        "getrandbits",
+    }
+)
 
 _TEXT_METHOD_CHECKS: dict[str, Callable[..., Any]] = {
     "ljust": _check_width,
