@@ -293,10 +293,18 @@ class RestrictedSandbox(Sandbox):
         self._epoch = self._new_epoch()
 
     async def load_context(self, context: Any) -> None:
+        """Bind ``context``: a str as is (100 MB loads at once), a list or dict as a copy.
+
+        The copy is made of plain JSON types (strings shared, not copied), so model
+        code can neither change the caller's object nor reach anything but data.
+        """
         self._started()
-        self._context = context  # bound as is: a 100 MB str is not copied
+        if not isinstance(context, (str, list, dict)):
+            raise TypeError(f"context must be a str, list or dict, not {type(context).__name__}")
+        plain_context(context)  # refuse what is not JSON-like before binding anything
+        self._context = context
         assert self._epoch is not None
-        self._epoch.namespace["context"] = context
+        self._epoch.namespace["context"] = plain_context(context)
 
     async def close(self) -> None:
         if self._closed:
@@ -324,7 +332,7 @@ class RestrictedSandbox(Sandbox):
         guards = Guards(memory_limit=self.memory_limit_bytes, output_limit=self.output_limit)
         namespace: dict[str, Any] = {"__builtins__": guards.builtins}
         namespace.update(make_functions(self._make_transport(guards)))
-        namespace["context"] = self._context
+        namespace["context"] = None if self._context is None else plain_context(self._context)
         return _Epoch(guards, namespace)
 
     # -- cells ------------------------------------------------------------------------------
@@ -362,7 +370,7 @@ class RestrictedSandbox(Sandbox):
             return CellResult(
                 stdout=output.text(),
                 stderr=stderr,
-                error=error.strip() if error else None,
+                error=_utf8(error.strip()) if error else None,
                 timed_out=stopped is CellTimeout,
                 duration_s=round(time.monotonic() - started, 4),
                 state_lost=lost,
@@ -661,6 +669,36 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         return {_plain(k, depth + 1): _plain(v, depth + 1) for k, v in dict.items(value)}
     raise RLMCallError(f"a sub-call argument of type {type(value).__name__} cannot be sent")
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def plain_context(value: Any, depth: int = 0) -> Any:
+    """``value`` rebuilt from exact str/int/float/bool/None/list/dict (strings not copied)."""
+    if depth > 100:
+        raise TypeError("context is nested more than 100 levels deep")
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__getitem__(value, slice(None))
+    if isinstance(value, (list, tuple)):
+        return [plain_context(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in dict.items(value):
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise TypeError(f"context keys must be JSON-like, not {type(k).__name__}")
+            out[plain_context(k, depth + 1)] = plain_context(v, depth + 1)
+        return out
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    raise TypeError(f"context must hold only JSON-like data, not {type(value).__name__}")
 
 
 def _reap(run: _Run) -> None:

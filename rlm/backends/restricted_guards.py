@@ -508,7 +508,8 @@ class OutputSink:
         self.dropped += len(text) - max(room, 0)
 
     def text(self) -> str:
-        return "".join(self.parts)
+        # Lone surrogates ('\ud800') would break whoever writes this out as UTF-8.
+        return "".join(self.parts).encode("utf-8", "replace").decode("utf-8")
 
 
 class _PrintHandle:

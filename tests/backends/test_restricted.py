@@ -148,6 +148,31 @@ async def test_load_context_binds_without_copying(box: RestrictedSandbox) -> Non
     assert result.stdout == f"{len(big)} xxx\n"
 
 
+async def test_list_and_dict_contexts_are_the_sandboxes_own_copy() -> None:
+    sandbox, _b, _br = make_sandbox()
+    await sandbox.start()
+    docs = {"docs": ["a", "b"], "n": 2}
+    await sandbox.load_context(docs)
+    result = await sandbox.execute(
+        "context['docs'].append('c')\ncontext.clear()\nprint(context)", 5
+    )
+    assert result.stdout == "{}\n"
+    assert docs == {"docs": ["a", "b"], "n": 2}
+    with pytest.raises(TypeError):
+        await sandbox.load_context(b"bytes")
+    with pytest.raises(TypeError):
+        await sandbox.load_context({"x": object()})
+    await sandbox.close()
+
+
+async def test_output_with_lone_surrogates_is_valid_utf8(box: RestrictedSandbox) -> None:
+    result = await run(box, "print('a\\ud800b')\nraise ValueError('\\udfff')")
+    assert result.stdout == "a?b\n"
+    result.stdout.encode("utf-8")
+    assert result.error is not None
+    result.error.encode("utf-8")
+
+
 async def test_get_variable(box: RestrictedSandbox) -> None:
     await run(box, "s = 'plain text'\nn = [1, 2]\nimport datetime\nd = datetime.date(2024, 1, 2)")
     assert await box.get_variable("s") == "plain text"
