@@ -14,6 +14,7 @@ from typing import Any
 import openai
 
 from rlm.errors import ConfigurationError, ModelCallError
+from rlm.transport import sharded_http_client
 
 #: Kinds of failure that a later try may fix.
 RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection"})
@@ -127,8 +128,14 @@ class ModelClient:
             )
         self.base_url = base_url
         self.timeout = timeout
+        # A sharded connection pool: with one pool, a wide llm_batch spends most of
+        # its CPU walking the pool's connections (see rlm/transport.py).
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
+            http_client=sharded_http_client(),
         )
 
     async def chat(
