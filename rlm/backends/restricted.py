@@ -90,6 +90,96 @@ def _rss_bytes() -> int | None:
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+#: Room left for the host's own allocations above a running cell's ceiling.
+_CEILING_HEADROOM = 1024**3
+
+
+def _vm_data_bytes() -> int | None:
+    """The process's private writable memory (what RLIMIT_DATA counts), where known."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class _MemoryCeiling:
+    """A process-wide RLIMIT_DATA while cells run: the backstop for one huge C call.
+
+    The watchdog can only stop a cell between bytecodes; a single C call such as
+    ``list(zip(s, s[1:]))`` on a 100 MB string allocates gigabytes without ever
+    returning to Python, and could bring the OOM killer onto the host. With the
+    soft limit set to (memory in use now + every running cell's allowance +
+    headroom for the host), such an allocation fails with MemoryError instead.
+    It is recomputed from current usage whenever a cell starts or ends, and the
+    operator's own limit is restored when none runs; it is never raised above it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, int] = {}
+        self._original: tuple[int, int] | None = None
+
+    def enter(self, key: int, allowance: int) -> None:
+        with self._lock:
+            if not self._active:
+                self._original = _get_data_limit()
+            self._active[key] = allowance
+            self._apply()
+
+    def leave(self, key: int) -> None:
+        with self._lock:
+            if self._active.pop(key, None) is None:
+                return
+            if self._active:
+                self._apply()
+            elif self._original is not None:
+                _set_data_limit(*self._original)
+                self._original = None
+
+    def _apply(self) -> None:
+        original, used = self._original, _vm_data_bytes()
+        if original is None or used is None:
+            return
+        soft, hard = original
+        ceiling = used + sum(self._active.values()) + _CEILING_HEADROOM
+        for bound in (soft, hard):
+            if bound != _UNLIMITED:
+                ceiling = min(ceiling, bound)
+        _set_data_limit(ceiling, hard)
+
+
+try:
+    import resource
+
+    _UNLIMITED = resource.RLIM_INFINITY
+
+    def _get_data_limit() -> tuple[int, int] | None:
+        try:
+            return resource.getrlimit(resource.RLIMIT_DATA)
+        except (OSError, ValueError):
+            return None
+
+    def _set_data_limit(soft: int, hard: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+except ImportError:  # pragma: no cover - not on POSIX: the watchdog alone
+    _UNLIMITED = -1
+
+    def _get_data_limit() -> tuple[int, int] | None:
+        return None
+
+    def _set_data_limit(soft: int, hard: int) -> None:
+        return None
+
+
+_CEILING = _MemoryCeiling()
+
+
 class _SubCallCancelled(Exception):
     """The host gave up on a sub-call because the cell is being stopped."""
 
@@ -405,6 +495,7 @@ class RestrictedSandbox(Sandbox):
         epoch.guards.output = type(epoch.guards.output)(self.output_limit)
         self._run = run
         watchdog = _Watchdog(run, self.memory_limit_bytes) if watch_memory else None
+        _CEILING.enter(id(run), self.memory_limit_bytes)
         try:
             run.start(job)
             if watchdog is not None:
@@ -419,13 +510,17 @@ class RestrictedSandbox(Sandbox):
             # Cancelled from outside: the thread must not run on unwatched.
             with anyio.CancelScope(shield=True):
                 await self._stop(run)
+                _CEILING.leave(id(run))
             raise
-        if run.over:
-            if self._run is run:
-                self._run = None
-            return run.stop_reason, False
-        stopped = await self._stop(run)
-        return run.stop_reason, not stopped
+        try:
+            if run.over:
+                if self._run is run:
+                    self._run = None
+                return run.stop_reason, False
+            stopped = await self._stop(run)
+            return run.stop_reason, not stopped
+        finally:
+            _CEILING.leave(id(run))
 
     async def _stop(self, run: _Run) -> bool:
         """Stop ``run`` within the grace period; False if its namespace had to be given up."""

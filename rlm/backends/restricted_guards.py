@@ -31,6 +31,7 @@ import copy
 import decimal
 import fractions
 import functools
+import itertools
 import math
 import operator
 import random
@@ -55,6 +56,8 @@ from RestrictedPython.transformer import (
 #: Largest int (in bits) one operation may produce: beyond this, C-level arithmetic
 #: (a multiplication, a division, a conversion) takes seconds without a checkpoint.
 MAX_INT_BITS = 1_000_000
+#: Longest digit string ``int()`` converts (Python's own default limit).
+MAX_INT_DIGITS = 4300
 #: Largest width or precision in a format spec (``f"{x:>N}"``, ``"%.Nf"``).
 MAX_FORMAT_WIDTH = 10_000_000
 #: Ranges longer than this iterate in Python, so C consumers such as ``sum`` can be
@@ -681,8 +684,13 @@ class Guards:
         t = type(obj)
         if t is str:
             return obj
+        if t is int and obj.bit_length() > MAX_INT_DIGITS * 3.33:
+            raise ValueError(
+                f"converting an int of more than {MAX_INT_DIGITS:,} digits to text is not "
+                "allowed; use hex() for huge numbers"
+            )
         if t is int or t is float or t is bool or obj is None:
-            return str(obj)  # ints past 4300 digits raise ValueError, as in Python
+            return str(obj)
         if isinstance(obj, str):
             return str.__str__(obj)
         self.check_text("converting this value to text", _estimate_repr(obj, self.memory_limit))
@@ -1012,6 +1020,7 @@ class Guards:
     def _type_map(self) -> dict[Any, Any]:
         return {
             str: self.builtins["str"],
+            int: self.builtins["int"],
             bytes: self.builtins["bytes"],
             bytearray: self.builtins["bytearray"],
             range: safe_range,
@@ -1070,6 +1079,14 @@ class Guards:
         def check_text_arg(*args: Any, **kwargs: Any) -> None:
             if len(args) == 1 and not kwargs and not isinstance(args[0], str):
                 g.check_text("str() of this value", _estimate_repr(args[0], memory_limit))
+
+        def check_int_arg(value: Any = 0, *args: Any, **kwargs: Any) -> None:
+            # Python limits str->int conversion to 4300 digits unless the host lifted
+            # the limit; beyond it the conversion is quadratic C work.
+            if isinstance(value, (str, bytes, bytearray)) and len(value) > MAX_INT_DIGITS:
+                raise ValueError(
+                    f"int(): strings of more than {MAX_INT_DIGITS:,} digits are not allowed"
+                )
 
         def check_bytes_arg(source: Any = None, *args: Any, **kwargs: Any) -> None:
             if isinstance(source, int) and not isinstance(source, bool):
@@ -1168,6 +1185,7 @@ class Guards:
             return _PrintHandle(g)
 
         str_standin = self.standin(str, check_text_arg)
+        int_standin = self.standin(int, check_int_arg)
         bytes_standin = self.standin(bytes, check_bytes_arg)
         bytearray_standin = self.standin(bytearray, check_bytes_arg)
 
@@ -1258,6 +1276,7 @@ class Guards:
         names.update(
             {
                 "str": str_standin,
+                "int": int_standin,
                 "bytes": bytes_standin,
                 "bytearray": bytearray_standin,
                 "range": safe_range,
@@ -1661,8 +1680,20 @@ def _module_overrides(g: Guards, name: str, attrs: dict[str, Any]) -> dict[str, 
     return {}
 
 
+#: Largest ``repeat`` x inputs for itertools.product, and ``n`` for itertools.tee: both
+#: are allocated up front, in C.
+MAX_ITERTOOLS_FANOUT = 100_000
+
+
 def _itertool(fn: Callable[..., Any]) -> Callable[..., Any]:
     def make(*args: Any, **kwargs: Any) -> Any:
+        if fn is itertools.product:
+            repeat = kwargs.get("repeat", 1)
+            if isinstance(repeat, int) and repeat * max(len(args), 1) > MAX_ITERTOOLS_FANOUT:
+                raise ValueError(f"product(): repeat is limited to {MAX_ITERTOOLS_FANOUT:,} here")
+        n = args[1] if len(args) > 1 else kwargs.get("n", 2)
+        if fn is itertools.tee and isinstance(n, int) and n > MAX_ITERTOOLS_FANOUT:
+            raise ValueError(f"tee(): n is limited to {MAX_ITERTOOLS_FANOUT:,} here")
         args = tuple(_python_level(a) if _is_plain_callable(a) else a for a in args)
         kwargs = {k: _python_level(v) if _is_plain_callable(v) else v for k, v in kwargs.items()}
         result = fn(*args, **kwargs)

@@ -727,6 +727,10 @@ async def test_many_stops_leave_worker_threads_healthy(box: RestrictedSandbox) -
         "s = round(5, -10**9)",
         "import re\ns = re.sub('', 'x' * 10**6, 'y' * 10**5)",
         "import string\ns = 'x' * 10**6\nt = string.Template('$a' * 10**4).substitute(a=s)",
+        "import itertools\ns = itertools.product('ab', repeat=10**9)",
+        "import itertools\ns = itertools.tee([1], 10**9)",
+        "s = int('9' * 100_000)",
+        "s = str(7 ** 100_000)",
     ],
 )
 async def test_huge_allocations_are_refused_up_front(box: RestrictedSandbox, code: str) -> None:
@@ -749,6 +753,24 @@ async def test_memory_growth_is_stopped_by_the_watchdog() -> None:
     after = await sandbox.execute("n = len(x)\ndel x\nprint(kept, n > 100)", 5)
     assert after.stdout == "1 True\n", after
     await sandbox.close()
+
+
+async def test_one_huge_c_call_fails_with_memory_error() -> None:
+    """The watchdog cannot run during one C call; the process ceiling catches it."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    sandbox, _b, _br = make_sandbox(memory_limit_bytes=256 * 1024 * 1024)
+    await sandbox.start()
+    await sandbox.load_context("ab" * 50_000_000)
+    # About 100 million 2-tuples built inside list(): several GB without the ceiling.
+    result = await sandbox.execute("pairs = list(zip(context, context[1:]))", 60)
+    assert result.error is not None and "MemoryError" in result.error, result
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before
+    assert (await sandbox.execute("print(len(context))", 5)).stdout == "100000000\n"
+    await sandbox.close()
+    big = [0] * 10**8  # the host allocates freely again
+    assert len(big) == 10**8
 
 
 async def test_memory_growth_cannot_be_caught() -> None:
