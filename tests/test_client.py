@@ -112,3 +112,13 @@ async def test_stream_yields_deltas_then_the_whole_result(server: OfflineModelSe
     assert "".join(deltas) == final.text == "echo: hello"
     assert len(deltas) > 1
     assert final.prompt_tokens > 0
+
+
+async def test_a_malformed_completion_is_a_clear_failure(server: OfflineModelServer) -> None:
+    client = ModelClient(api_key="k", base_url=server.base_url)
+    try:
+        with pytest.raises(ModelCallFailure, match="malformed completion") as caught:
+            await client.chat("sub", [{"role": "user", "content": "x [[malformed]]"}])
+    finally:
+        await client.aclose()
+    assert caught.value.kind == "bad_response" and not caught.value.retryable

@@ -13,7 +13,8 @@ the same code paths as a paid provider. It serves two kinds of "model":
 
 Faults are injected per request: a queue of :class:`Fault` rules (429 with
 Retry-After, 500, a hang) matched by model or prompt text, and markers inside a
-prompt (``[[fail:500]]``, ``[[fail:429]]``, ``[[hang]]``, ``[[sleep:0.5]]``) for
+prompt (``[[fail:500]]``, ``[[fail:429]]``, ``[[hang]]``, ``[[sleep:0.5]]``,
+``[[malformed]]`` for a 200 with no choices) for
 failing chosen items of a batch.
 """
 
@@ -38,7 +39,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-_MARKER = re.compile(r"\[\[(fail|hang|sleep)(?::([0-9.]+))?\]\]")
+_MARKER = re.compile(r"\[\[(fail|hang|sleep|malformed)(?::([0-9.]+))?\]\]")
 
 
 @dataclass
@@ -230,8 +231,11 @@ class OfflineModelServer:
         fault = self._take_fault(model, text)
         if fault is not None:
             status, retry_after = fault.status, fault.retry_after
+        malformed = False
         for kind, arg in _MARKER.findall(text):
-            if kind == "fail":
+            if kind == "malformed":
+                malformed = True
+            elif kind == "fail":
                 status = int(float(arg or 500))
             elif kind == "hang":
                 status = 0
@@ -249,6 +253,10 @@ class OfflineModelServer:
             await _json(
                 send, status, {"error": {"message": f"injected {status}", "type": kind}}, headers
             )
+            return
+        if malformed:
+            self.stats.by_status[200] += 1
+            await _json(send, 200, {"id": "x", "object": "chat.completion", "choices": []})
             return
         reply = self._root_reply(messages) if self._is_root(model) else sub_reply(text)
         self.stats.by_status[200] += 1
