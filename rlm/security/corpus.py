@@ -5,6 +5,8 @@ A corpus file looks like::
     category = "network"
     description = "..."
 
+    prelude = '''...'''         # optional: code put before every payload's code
+
     [defaults]                 # merged into every payload of the file
     backends = "both"
 
@@ -24,7 +26,8 @@ a sub-table named ``restricted``, ``docker``, ``runc`` or ``runsc`` (the runtime
 tables override ``docker``). Code may use placeholders the harness fills in:
 ``@PORT@``, ``@PORT6@``, ``@UDP_PORT@``, ``@HOST_DIR@``, ``@HOST_FILE@``,
 ``@HOST_WRITE@``, ``@UNIX_SOCKET@``, ``@ENV_NAME@``, ``@VICTIM_SESSION@``,
-``@VICTIM_TENANT@``, ``@MARKER@``, ``@MODEL_PORT@`` (the model server's port).
+``@VICTIM_TENANT@``, ``@MARKER@``, ``@MODEL_PORT@`` (the model server's port),
+``@HOST_PID@`` (the host process's pid).
 
 A payload signals that it got somewhere it must not by printing the marker
 (``ESCAPED`` by default); independently of that, the harness checks the canary
@@ -64,6 +67,7 @@ PLACEHOLDERS = frozenset(
         "@VICTIM_TENANT@",
         "@MARKER@",
         "@MODEL_PORT@",
+        "@HOST_PID@",
     }
 )
 
@@ -237,7 +241,13 @@ def parse_corpus_file(text: str, where: str = "<corpus>") -> list[Payload]:
     entries = data.get("payload", [])
     if not isinstance(entries, list) or not entries:
         raise CorpusError(f"{where}: no [[payload]] entries")
-    return [_payload(category, _merge(defaults, e), where) for e in entries]
+    prelude = data.get("prelude", "")
+    if not isinstance(prelude, str):
+        raise CorpusError(f"{where}: prelude must be a string of code")
+    payloads = [_payload(category, _merge(defaults, e), where) for e in entries]
+    if prelude.strip():
+        payloads = [replace(p, code=prelude.rstrip("\n") + "\n" + p.code) for p in payloads]
+    return payloads
 
 
 def corpus_files() -> list[Path]:

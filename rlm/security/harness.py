@@ -50,6 +50,11 @@ SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
 #: Characters each cell may print (kept small so the output flood stays cheap).
 SUITE_OUTPUT_LIMIT = 4_000
 _OUTPUT_SLACK = 200
+#: Seconds reading a variable back may take: above the backends' own bounds (10 s for
+#: restricted, 30 s for Docker, after which they restart), so only a hang is flagged.
+VARIABLE_READ_LIMIT = 35.0
+#: Seconds the provider may still be serving a payload's sub-calls after its cell ended.
+_LINGER_LIMIT = 5.0
 
 
 def _scan(value: Any, depth: int = 0) -> str:
@@ -102,6 +107,32 @@ class RecordingBridge(SessionBridge):
         if self.canary.found_in(_scan(result)):
             self.leaks.append(f"reply to frame {self.frames}")
         return result
+
+
+#: Longest the host's event loop may go unserved while a payload runs. An in-process
+#: backend holding the GIL in one long C call freezes every session of the host.
+HOST_STALL_LIMIT = 2.0
+
+
+class _Heartbeat:
+    """Measures the longest time the host's event loop could not run a task."""
+
+    interval = 0.05
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.last = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            self.last = time.monotonic()
+            await anyio.sleep(self.interval)
+            self.stop()
+
+    def stop(self) -> None:
+        # Also called when the payload ends: a beat that is overdue right then (the
+        # loop was frozen until just now) counts too.
+        self.worst = max(self.worst, time.monotonic() - self.last - self.interval)
 
 
 @dataclass
@@ -195,6 +226,7 @@ class SecurityHarness:
             "@VICTIM_SESSION@": self.victim.session_id,
             "@VICTIM_TENANT@": self.victim.tenant,
             "@MARKER@": MARKER,
+            "@HOST_PID@": str(os.getpid()),
             "@MODEL_PORT@": self.server.base_url.rsplit(":", 1)[1].split("/")[0]
             if self.server is not None
             else "9",
@@ -230,6 +262,7 @@ class SecurityHarness:
             for payload in payloads:
                 if not payload.applies_to(target.kind):
                     continue
+                begun = time.monotonic()
                 if payload.isolate and current is not None:
                     await _close_quietly(current[0])
                     current = None
@@ -251,6 +284,8 @@ class SecurityHarness:
                 if broken or payload.isolate:
                     await _close_quietly(current[0])
                     current = None
+                # The whole cost of the payload: starting and closing its sandbox too.
+                result.seconds = time.monotonic() - begun
         finally:
             if current is not None:
                 await _close_quietly(current[0])
@@ -263,6 +298,8 @@ class SecurityHarness:
             report.results.append(
                 PayloadResult("health.image-unchanged", "health", target.name, problems)
             )
+        if target.close is not None:
+            target.close()
         report.host_after = ProcessSnapshot.take()
         report.seconds = time.monotonic() - started
         return report
@@ -294,34 +331,24 @@ class SecurityHarness:
         bridge.reset()
         listen_mark = self.fixtures.listeners.count()
         requests_mark = self.server.stats.requests
+        in_flight_mark = self.server.stats.in_flight
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
         integrity = host_integrity()
         code = payload.render(self.placeholders())
         seen = _Observation(code=code)
-        started = time.monotonic()
-        with anyio.move_on_after(payload.timeout + self.grace) as scope:
-            try:
-                seen.result = await sandbox.execute(code, payload.timeout)
-            except Exception as exc:
-                seen.raised = exc
-        seen.overran = scope.cancelled_caught
-        seen.seconds = time.monotonic() - started
-        broken = seen.overran or seen.raised is not None
-        if not broken:
-            for name in payload.variables:
-                try:
-                    with anyio.fail_after(10):
-                        seen.variables[name] = await sandbox.get_variable(name)
-                except VariableNotFound:
-                    continue
-                except TimeoutError:
-                    seen.unreadable.append(name)
-                    broken = True
-                except Exception as exc:
-                    seen.variables[name] = f"<could not read: {exc!r}>"
-                    broken = True
+        heartbeat = _Heartbeat()
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(heartbeat.run)
+            broken = await self._attack(sandbox, payload, seen)
+            heartbeat.stop()
+            watch.cancel_scope.cancel()
         expect = payload.expectation(target.kind, target.runtime)
         problems = self.judge(payload, expect, seen, bridge, session)
+        if heartbeat.worst > HOST_STALL_LIMIT:
+            problems.append(
+                f"the host's event loop stalled for {heartbeat.worst:.1f} s while the payload "
+                f"ran (limit {HOST_STALL_LIMIT:g} s): every other session on this host froze"
+            )
         if victim_calls != (self.victim.calls_admitted, self.victim.usage.sub_calls):
             problems.append("the victim session's counters changed")
         reached = self.fixtures.listeners.since(listen_mark)
@@ -332,6 +359,12 @@ class SecurityHarness:
         if budget is not None and requests > budget:
             problems.append(
                 f"{requests} requests reached the provider, over the budget of {budget}"
+            )
+        lingering = await self._lingering_requests(in_flight_mark)
+        if lingering:
+            problems.append(
+                f"{lingering} sub-calls were still running at the provider "
+                f"{_LINGER_LIMIT:g} s after the cell ended"
             )
         retries = sum(m.retries for m in session.usage.by_model.values())
         if requests > session.calls_admitted + retries:
@@ -362,6 +395,43 @@ class SecurityHarness:
             broken,
         )
 
+    async def _lingering_requests(self, mark: int) -> int:
+        """Requests the provider still serves for a payload that ended, after a wait."""
+        assert self.server is not None
+        # Polled: the server counts in a thread of its own, with no event to wait on.
+        for _ in range(int(_LINGER_LIMIT / 0.05)):
+            if self.server.stats.in_flight <= mark:
+                return 0
+            await anyio.sleep(0.05)
+        return max(0, self.server.stats.in_flight - mark)
+
+    async def _attack(self, sandbox: Sandbox, payload: Payload, seen: _Observation) -> bool:
+        """Run the cell, then read its variables back; True if the sandbox must go."""
+        started = time.monotonic()
+        with anyio.move_on_after(payload.timeout + self.grace) as scope:
+            try:
+                seen.result = await sandbox.execute(seen.code, payload.timeout)
+            except Exception as exc:
+                seen.raised = exc
+        seen.overran = scope.cancelled_caught
+        seen.seconds = time.monotonic() - started
+        broken = seen.overran or seen.raised is not None
+        if broken:
+            return True
+        for name in payload.variables:
+            try:
+                with anyio.fail_after(VARIABLE_READ_LIMIT):
+                    seen.variables[name] = await sandbox.get_variable(name)
+            except VariableNotFound:
+                continue
+            except TimeoutError:
+                seen.unreadable.append(name)
+                broken = True
+            except Exception as exc:
+                seen.variables[name] = f"<could not read: {exc!r}>"
+                broken = True
+        return broken
+
     def judge(
         self,
         payload: Payload,
@@ -375,7 +445,9 @@ class SecurityHarness:
         result, raised = seen.result, seen.raised
         limit = payload.timeout + self.grace
         for name in seen.unreadable:
-            problems.append(f"reading variable {name!r} back did not finish in 10 s")
+            problems.append(
+                f"reading variable {name!r} back did not finish in {VARIABLE_READ_LIMIT:g} s"
+            )
         if seen.overran:
             problems.append(
                 f"the cell was not stopped within its limit: still running after "

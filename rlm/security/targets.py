@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rlm.backends.base import Sandbox
 from rlm.config import RLMConfig
@@ -22,6 +23,8 @@ class Target:
     runtime: str | None = None
     #: Something that identifies the sandbox image; it must not change under attack.
     fingerprint: Callable[[], str | None] | None = None
+    #: Releases what the factory shares between sandboxes (an engine connection).
+    close: Callable[[], None] | None = None
 
 
 def restricted_target(output_limit: int) -> Target:
@@ -48,17 +51,38 @@ def image_fingerprint(image: str) -> str | None:
         return None
 
 
-def docker_target(runtime: str, image: str, output_limit: int) -> Target:
+def docker_target(runtime: str, image: str, output_limit: int, **limits: Any) -> Target:
+    """Docker with ``runtime`` and ``image``; ``limits`` go to DockerSandbox as they are."""
     from rlm.backends.docker import DockerSandbox
+
+    engine: list[Any] = []
+
+    def client() -> Any:
+        # One engine connection for every sandbox of the target, as a pool has.
+        if not engine:
+            import docker
+
+            engine.append(docker.from_env(timeout=120))
+        return engine[0]
+
+    def close() -> None:
+        while engine:
+            engine.pop().close()
 
     return Target(
         name=f"docker:{runtime}",
         kind="docker",
         runtime=runtime,
         factory=lambda bridge: DockerSandbox(
-            bridge, output_limit=output_limit, image=image, runtime=runtime
+            bridge,
+            output_limit=output_limit,
+            image=image,
+            runtime=runtime,
+            docker_client=client(),
+            **limits,
         ),
         fingerprint=lambda: image_fingerprint(image),
+        close=close,
     )
 
 
