@@ -6,7 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -29,6 +29,9 @@ from rlm.result import RLMResult
 from rlm.session import SessionState
 from rlm.trajectory import Trajectory
 
+if TYPE_CHECKING:
+    from rlm.backends.pool import ContainerPool
+
 EventCallback = Callable[[dict[str, Any]], None]
 
 #: Tries for one root call when the provider fails in a way a retry can fix.
@@ -46,6 +49,10 @@ class RLM:
     :class:`~rlm.config.RLMConfig`). ``on_event`` receives every event of a run as it
     happens (root calls, streamed root tokens when ``stream=True``, cells, batch
     progress); ``trajectory_path`` appends them as JSON lines to a file.
+
+    A service running many sessions shares one ``batcher`` (global limits,
+    fairness across sessions and tenants, one cache) and, for Docker, one warm
+    ``pool`` of containers; each run still gets its own session and container.
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class RLM:
         trajectory_path: str | Path | None = None,
         stream: bool = False,
         batcher: Batcher | None = None,
+        pool: ContainerPool | None = None,
         **settings: Any,
     ) -> None:
         base = config if config is not None else RLMConfig.from_env()
@@ -64,6 +72,7 @@ class RLM:
         self.trajectory_path = trajectory_path
         self.stream = stream
         self._batcher = batcher
+        self._pool = pool
 
     def completion(self, context: Any, query: str) -> RLMResult:
         """Answer ``query`` about ``context`` (blocking)."""
@@ -95,7 +104,7 @@ class RLM:
             emit=trajectory.emit,
         )
         backend, reason = resolve_backend(config)
-        sandbox = create_sandbox(backend, SessionBridge(batcher, session), config)
+        sandbox = create_sandbox(backend, SessionBridge(batcher, session), config, pool=self._pool)
         trajectory.add(
             "run_start",
             query=query,

@@ -203,3 +203,29 @@ def test_sync_completion_wraps_the_async_one(server: OfflineModelServer) -> None
     result = RLM(make_config(server)).completion(haystack.text, haystack.query)
     assert result.answer == haystack.answer
     assert result.wall_time_s > 0
+
+
+@pytest.mark.docker
+async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineModelServer) -> None:
+    from rlm.backends.docker import ContainerSpec
+    from rlm.backends.pool import ContainerPool
+    from rlm.batcher import Batcher
+    from rlm.client import ModelClient
+
+    haystack = make_haystack(5_000)
+    client = ModelClient(api_key="test-key", base_url=server.base_url)
+    batcher = Batcher(client)
+    try:
+        async with ContainerPool(ContainerSpec(), size=2) as pool:
+            await pool.wait_full()
+            for tenant in ("acme", "globex"):
+                config = make_config(server, backend="docker", tenant=tenant)
+                rlm = RLM(config, batcher=batcher, pool=pool)
+                result = await rlm.acompletion(haystack.text, haystack.query)
+                assert result.answer == haystack.answer
+            assert pool.handed_out == 2 and pool.cold_starts == 0
+    finally:
+        await client.aclose()
+    # Each tenant's usage is kept apart by the shared batcher.
+    assert batcher.tenant_usage("acme").sub_calls == 64
+    assert batcher.tenant_usage("globex").sub_calls == 64

@@ -13,6 +13,7 @@ from rlm.backends.base import CellResult, Sandbox
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from rlm.backends.pool import ContainerPool
     from rlm.config import RLMConfig
     from rlm.dispatch import SessionBridge
 
@@ -33,8 +34,14 @@ def resolve_backend(config: RLMConfig) -> tuple[str, str]:
     return "restricted", f"Docker not usable ({problem})"
 
 
-def create_sandbox(name: str, bridge: SessionBridge, config: RLMConfig) -> Sandbox:
-    """A new, not yet started sandbox of backend ``name`` for one session."""
+def create_sandbox(
+    name: str, bridge: SessionBridge, config: RLMConfig, *, pool: ContainerPool | None = None
+) -> Sandbox:
+    """A new, not yet started sandbox of backend ``name`` for one session.
+
+    With ``pool`` (Docker only) the session takes a pre-started container from it;
+    the pool's spec then decides image, runtime and limits.
+    """
     if name == "restricted":
         from rlm.backends.restricted import RestrictedSandbox
 
@@ -49,5 +56,6 @@ def create_sandbox(name: str, bridge: SessionBridge, config: RLMConfig) -> Sandb
             runtime=config.docker_runtime,
             memory=config.docker_memory,
             cpus=config.docker_cpus,
+            pool=pool,
         )
     raise ConfigurationError(f"unknown backend {name!r}; use restricted or docker")
