@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import anyio
@@ -23,7 +24,7 @@ def run_suite(
 ) -> SuiteReport:
     """Attack ``targets`` with the shipped corpus (of ``categories``) and report."""
     payloads = load_corpus(categories=categories)
-    reports = anyio.run(run_corpus, targets, payloads)
+    reports = anyio.run(functools.partial(run_corpus, targets, payloads, parallel=True))
     return SuiteReport(
         targets=reports,
         unavailable=list(unavailable or []),

@@ -111,7 +111,9 @@ class RecordingBridge(SessionBridge):
 
 #: Longest the host's event loop may go unserved while a payload runs. An in-process
 #: backend holding the GIL in one long C call freezes every session of the host.
-HOST_STALL_LIMIT = 2.0
+#: Building a 2 GiB string in one call (allowed: it is within the memory limit) takes
+#: up to 3 s on a loaded 2-core machine; an unbounded C loop takes as long as it likes.
+HOST_STALL_LIMIT = 5.0
 
 
 class _Heartbeat:
@@ -173,24 +175,27 @@ class SecurityHarness:
         grace: float = 8.0,
         limits: SessionLimits = SUITE_LIMITS,
         output_limit: int = SUITE_OUTPUT_LIMIT,
+        canary: Canary | None = None,
     ) -> None:
         self.grace = grace
         self.limits = limits
         self.output_limit = output_limit
-        self.canary = Canary.new()
+        #: A canary given by the caller is already in the environment (the caller's
+        #: job, so harnesses running side by side never unset each other's).
+        self._own_canary = canary is None
+        self.canary = canary or Canary.new()
         self.fixtures: HostFixtures | None = None
         self.server: OfflineModelServer | None = None
         self.client: ModelClient | None = None
         self.batcher: Batcher | None = None
         self.victim = SessionState(sub_model=SUB_MODEL, tenant="victim-tenant")
-        self._saved_env: dict[str, str | None] = {}
+        self._saved_env: dict[str, str | None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> SecurityHarness:
-        for name in (self.canary.env_name, "OPENAI_API_KEY"):
-            self._saved_env[name] = os.environ.get(name)
-            os.environ[name] = self.canary.value
+        if self._own_canary:
+            self._saved_env = self.canary.export()
         self.fixtures = HostFixtures(self.canary)
         self.server = OfflineModelServer().start()
         self.client = ModelClient(
@@ -213,11 +218,9 @@ class SecurityHarness:
             self.server.stop()
         if self.fixtures is not None:
             self.fixtures.close()
-        for name, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if self._saved_env is not None:
+            Canary.restore(self._saved_env)
+            self._saved_env = None
 
     def placeholders(self) -> dict[str, str]:
         assert self.fixtures is not None
@@ -381,6 +384,8 @@ class SecurityHarness:
         if not self.fixtures.secret_intact():
             problems.append("the host's secret file was changed")
         evidence = _evidence(seen).replace(self.canary.value, "<CANARY>")
+        if heartbeat.worst > 0.5:
+            evidence += f" | host loop stalled {heartbeat.worst:.1f}s"
         if seen.result is not None and seen.result.state_lost:
             broken = True
         return (
@@ -607,11 +612,36 @@ async def _close_quietly(sandbox: Sandbox) -> None:
 
 
 async def run_corpus(
-    targets: list[Target], payloads: list[Payload], *, grace: float = 8.0
+    targets: list[Target],
+    payloads: list[Payload],
+    *,
+    grace: float = 8.0,
+    parallel: bool = False,
 ) -> list[TargetReport]:
-    """Attack every target with ``payloads`` in one harness."""
-    reports = []
-    async with SecurityHarness(grace=grace) as harness:
-        for target in targets:
-            reports.append(await harness.run_target(target, payloads))
-    return reports
+    """Attack every target with ``payloads``; reports come back in ``targets``' order.
+
+    Every target gets a harness of its own (listeners, model server, victim) and all
+    share one canary, which stays in the environment throughout. In-process targets
+    run one at a time with nothing beside them: they share the host's event loop and
+    modules, so anything they break must be blamed on them alone. With ``parallel``
+    the others (containers) are then attacked side by side.
+    """
+    canary = Canary.new()
+    reports: dict[int, TargetReport] = {}
+
+    async def attack(index: int) -> None:
+        async with SecurityHarness(grace=grace, canary=canary) as harness:
+            reports[index] = await harness.run_target(targets[index], payloads)
+
+    saved = canary.export()
+    try:
+        apart = [i for i, t in enumerate(targets) if t.in_process or not parallel]
+        for index in apart:
+            await attack(index)
+        async with anyio.create_task_group() as group:
+            for index in range(len(targets)):
+                if index not in apart:
+                    group.start_soon(attack, index)
+    finally:
+        Canary.restore(saved)
+    return [reports[i] for i in range(len(targets))]

@@ -45,6 +45,26 @@ class Canary:
         # The random tail alone is enough to recognise a partial or re-prefixed copy.
         return self.value in text or self.value[-24:] in text
 
+    #: Where the canary goes in the host environment: its own name, and the name an
+    #: OpenAI-compatible client reads its key from.
+    def env_names(self) -> tuple[str, ...]:
+        return (self.env_name, "OPENAI_API_KEY")
+
+    def export(self) -> dict[str, str | None]:
+        """Put the canary in the host environment; returns what to restore."""
+        saved = {name: os.environ.get(name) for name in self.env_names()}
+        for name in self.env_names():
+            os.environ[name] = self.value
+        return saved
+
+    @staticmethod
+    def restore(saved: dict[str, str | None]) -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
 
 class Listeners:
     """Loopback listeners that count what reaches them, served by one thread."""

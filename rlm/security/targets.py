@@ -26,6 +26,11 @@ class Target:
     #: Releases what the factory shares between sandboxes (an engine connection).
     close: Callable[[], None] | None = None
 
+    @property
+    def in_process(self) -> bool:
+        """Model code runs in this process (it shares the event loop and modules)."""
+        return self.kind == "restricted"
+
 
 def restricted_target(output_limit: int) -> Target:
     from rlm.backends.restricted import RestrictedSandbox

@@ -1,7 +1,10 @@
 """Deliberately unsafe sandboxes, to show that payloads are live and the checker can fail.
 
 Never use these outside tests: ``NakedSandbox`` runs model code with the host's full
-builtins in the host process.
+builtins in the host process, and :func:`leaky_docker_target` makes containers that
+get the host's environment and share its network namespace -- the two classic
+misconfigurations of a sandbox (``docker run --env-file`` / ``--network host``).
+Only the corpus's loopback-only payloads ever run against them.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import anyio.to_thread
 from rlm_sandbox.api import RLMCallError, make_functions
 
 from rlm.backends.base import CellResult, Sandbox
+from rlm.backends.docker import ContainerSpec, DockerSandbox
 from rlm.dispatch import SessionBridge
 from rlm.errors import BridgeRefusal, VariableNotFound
+from rlm.security.targets import Target, docker_target
 
 # Payloads that cash in through a transport's module look for ``os`` here.
 assert os is not None
@@ -80,3 +85,39 @@ class NakedSandbox(Sandbox):
 
     async def close(self) -> None:
         self.namespace.clear()
+
+
+def naked_target() -> Target:
+    """The naked sandbox as a corpus target of the ``restricted`` kind."""
+    return Target(name="naked", kind="restricted", factory=lambda bridge: NakedSandbox(bridge))
+
+
+class LeakySpec(ContainerSpec):
+    """A container spec with the host's environment and the host's network."""
+
+    def create_kwargs(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        kwargs = super().create_kwargs(name, labels)
+        kwargs["environment"] = dict(os.environ)
+        kwargs["network_mode"] = "host"
+        return kwargs
+
+
+def leaky_docker_target(runtime: str, image: str, output_limit: int) -> Target:
+    """A Docker target whose containers leak the environment and share the network."""
+    sound = docker_target(runtime, image, output_limit)
+
+    def factory(bridge: SessionBridge) -> Sandbox:
+        box = sound.factory(bridge)
+        assert isinstance(box, DockerSandbox)
+        # Made when the sandbox is, so the environment holds the harness's canary.
+        box.spec = LeakySpec(**{f: getattr(box.spec, f) for f in box.spec.__dataclass_fields__})
+        return box
+
+    return Target(
+        name=f"leaky-docker:{runtime}",
+        kind="docker",
+        runtime=runtime,
+        factory=factory,
+        fingerprint=sound.fingerprint,
+        close=sound.close,
+    )
