@@ -284,7 +284,9 @@ class SecurityHarness:
                         continue
                 result, broken = await self.run_payload(target, payload, *current)
                 report.results.append(result)
-                if broken or payload.isolate:
+                # A payload that got through may have left something behind (a
+                # variable, a patched object): the next one gets a clean sandbox.
+                if broken or payload.isolate or not result.contained:
                     await _close_quietly(current[0])
                     current = None
                 # The whole cost of the payload: starting and closing its sandbox too.
@@ -381,6 +383,7 @@ class SecurityHarness:
         writes = self.fixtures.host_writes()
         if writes:
             problems.append(f"files appeared in the host directory: {writes[:5]}")
+            self.fixtures.remove_writes()  # blamed on this payload only
         if not self.fixtures.secret_intact():
             problems.append("the host's secret file was changed")
         evidence = _evidence(seen).replace(self.canary.value, "<CANARY>")

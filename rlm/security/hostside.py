@@ -178,6 +178,14 @@ class HostFixtures:
         expected = {self.secret_file.name, self.listeners.unix_path.name}
         return sorted(p.name for p in self.dir.iterdir() if p.name not in expected)
 
+    def remove_writes(self) -> None:
+        for name in self.host_writes():
+            path = self.dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
     def secret_intact(self) -> bool:
         try:
             return self.canary.value in self.secret_file.read_text(encoding="utf-8")
