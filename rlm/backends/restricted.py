@@ -492,6 +492,7 @@ class RestrictedSandbox(Sandbox):
         """Run ``job`` on its own thread within ``timeout``; returns (stop reason, state lost)."""
         epoch = run.epoch
         epoch.guards.stop = None
+        epoch.guards.deadline = time.monotonic() + max(timeout, 0.0)
         epoch.guards.output = type(epoch.guards.output)(self.output_limit)
         self._run = run
         watchdog = _Watchdog(run, self.memory_limit_bytes) if watch_memory else None
@@ -527,8 +528,10 @@ class RestrictedSandbox(Sandbox):
         if not run.over:
             run.request_stop(CellTimeout)
             run.cancel_subcalls()
-            deadline = time.monotonic() + self.stop_grace_s
-            while not run.over and time.monotonic() < deadline:
+            guards = run.epoch.guards
+            grace = self.stop_grace_s
+            deadline = time.monotonic() + grace
+            while not run.over and time.monotonic() < max(deadline, guards.busy_until + grace):
                 with anyio.move_on_after(_REINJECT_INTERVAL_S):
                     await run.done.wait()
                 run.inject()

@@ -37,6 +37,7 @@ import operator
 import random
 import re
 import sys
+import time
 import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +68,33 @@ REAL_RANGE_LIMIT = 10_000_000
 MAX_DECIMAL_EXPONENT = 100_000
 #: Largest precision a decimal context may have.
 MAX_DECIMAL_PREC = 100_000
+
+try:
+    import regex as _REGEX
+except ImportError:  # pragma: no cover - a dependency; without it, Python's re
+    _REGEX = None
+_REGEX_PATTERN: Any = type(_REGEX.compile("")) if _REGEX is not None else re.Pattern
+_REGEX_MATCH: Any = type(_REGEX.match("", "")) if _REGEX is not None else re.Match
+#: Seconds a regex call may run past the cell's deadline before it stops by itself:
+#: a little, so that the cell's own stop (a clear "time limit" error) normally wins.
+_REGEX_SLACK_S = 0.2
+_REGEX_METHODS = frozenset(
+    {
+        "match",
+        "fullmatch",
+        "prefixmatch",
+        "search",
+        "findall",
+        "finditer",
+        "split",
+        "splititer",
+        "sub",
+        "subf",
+        "subn",
+        "subfn",
+        "scanner",
+    }
+)
 
 #: Modules model code may import, shown in the ImportError for anything else.
 ALLOWED_MODULES = (
@@ -642,6 +670,11 @@ class Guards:
 
     def __init__(self, *, memory_limit: int, output_limit: int) -> None:
         self.stop: type[SandboxStop] | None = None
+        #: When the running job must end (time.monotonic()), set by the host.
+        self.deadline = 0.0
+        #: Until when the job is inside a C call that ends by itself (a regex with a
+        #: timeout, run without the GIL): the host waits for it rather than give up.
+        self.busy_until = 0.0
         self.memory_limit = memory_limit
         self.output = OutputSink(output_limit)
         self.model_classes: weakref.WeakSet[type] = weakref.WeakSet()
@@ -658,6 +691,9 @@ class Guards:
         stop = self.stop
         if stop is not None:
             raise stop()
+
+    def time_left(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.001)
 
     # -- sizes --------------------------------------------------------------------------
 
@@ -1355,7 +1391,13 @@ class Guards:
             return to_bytes
         if isinstance(obj, collections.Counter) and name == "elements":
             return lambda: _checkpointed(value())
-        if isinstance(obj, (re.Pattern, re.Match)) and name in ("sub", "subn", "expand"):
+        if _REGEX is not None and isinstance(obj, _REGEX_PATTERN) and name in _REGEX_METHODS:
+            return _limited_regex_method(self, obj, name, value)
+        if isinstance(obj, (re.Pattern, re.Match, _REGEX_MATCH)) and name in (
+            "sub",
+            "subn",
+            "expand",
+        ):
             return _checked_regex_method(self, obj, name, value)
         if isinstance(obj, random.Random) and name in ("randbytes", "getrandbits"):
             return _checked_random(self, name, value)
@@ -1463,6 +1505,7 @@ _WRAPPED_METHOD_NAMES = frozenset(
         "expand",
         "randbytes",
         "getrandbits",
+        *_REGEX_METHODS,
     }
 )
 
@@ -1569,7 +1612,7 @@ class ModuleView:
 #: Public names of allowed modules that are left out, and why.
 _DENIED_ATTRS: dict[str, set[str]] = {
     # template() is deprecated; DEBUG makes the compiler print to the host's stdout.
-    "re": {"template", "TEMPLATE", "T", "DEBUG"},
+    "re": {"template", "TEMPLATE", "T", "DEBUG", "Scanner"},
     # Formatter.get_field walks attributes named in the format string.
     "string": {"Formatter"},
     # singledispatch evaluates string annotations with eval(); update_wrapper/wraps
@@ -1819,6 +1862,67 @@ def _json_overrides(g: Guards) -> dict[str, Any]:
 
 
 def _re_overrides(g: Guards, attrs: dict[str, Any]) -> dict[str, Any]:
+    """``re`` as model code sees it: the ``regex`` engine, time-limited, without the GIL.
+
+    Python's own engine backtracks inside one C call that holds the GIL: a pattern
+    such as ``a*a*b`` on 10,000 characters runs for minutes and freezes the whole
+    host. The ``regex`` module avoids most such blow-ups outright, and every call
+    made here passes it a timeout (the cell's time left) and ``concurrent=True`` (the
+    GIL is released while matching). Without ``regex`` installed, Python's engine is
+    used and catastrophic patterns stay a known limit.
+    """
+    engine = _REGEX
+    if engine is None:
+        return _stdlib_re_overrides(g)
+
+    def compile(pattern: Any, flags: Any = 0) -> Any:
+        g.check()
+        if isinstance(flags, int) and flags & engine.DEBUG:
+            raise ValueError("re.DEBUG is not available in the sandbox")
+        if isinstance(pattern, _REGEX_PATTERN):
+            if flags:
+                raise ValueError("cannot process flags argument with a compiled pattern")
+            return pattern
+        return engine.compile(pattern, flags)
+
+    def method(name: str) -> Callable[..., Any]:
+        def call(pattern: Any, string: Any, flags: Any = 0) -> Any:
+            return g.getattr(compile(pattern, flags), name)(string)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = getattr(re, name).__doc__
+        return call
+
+    def sub(pattern: Any, repl: Any, string: Any, count: int = 0, flags: int = 0) -> Any:
+        return g.getattr(compile(pattern, flags), "sub")(repl, string, count)
+
+    def subn(pattern: Any, repl: Any, string: Any, count: int = 0, flags: int = 0) -> Any:
+        return g.getattr(compile(pattern, flags), "subn")(repl, string, count)
+
+    def split(pattern: Any, string: Any, maxsplit: int = 0, flags: int = 0) -> Any:
+        return g.getattr(compile(pattern, flags), "split")(string, maxsplit)
+
+    out: dict[str, Any] = {
+        name: method(name) for name in ("match", "fullmatch", "search", "findall", "finditer")
+    }
+    flag_names = "A ASCII I IGNORECASE L LOCALE M MULTILINE S DOTALL U UNICODE X VERBOSE"
+    out.update({name: getattr(engine, name) for name in flag_names.split()})
+    out.update(
+        compile=compile,
+        sub=sub,
+        subn=subn,
+        split=split,
+        purge=engine.purge,
+        error=engine.error,
+        Pattern=_REGEX_PATTERN,
+        Match=_REGEX_MATCH,
+        RegexFlag=engine.RegexFlag,
+        NOFLAG=0,
+    )
+    return out
+
+
+def _stdlib_re_overrides(g: Guards) -> dict[str, Any]:
     debug = re.DEBUG
 
     def no_debug(fn: Callable[..., Any], flag_index: int) -> Callable[..., Any]:
@@ -1852,6 +1956,26 @@ def _re_overrides(g: Guards, attrs: dict[str, Any]) -> dict[str, Any]:
     out["sub"] = sub
     out["subn"] = subn
     return out
+
+
+def _limited_regex_method(g: Guards, obj: Any, name: str, method: Any) -> Any:
+    """A method of a ``regex`` pattern, run with the cell's time left and without the GIL."""
+    growth = _checked_regex_method(g, obj, name, method) if name in ("sub", "subn") else method
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        g.check()
+        timeout = g.time_left() + _REGEX_SLACK_S
+        kwargs["timeout"] = timeout
+        kwargs["concurrent"] = True
+        # The engine checks its clock every so many steps: on a busy machine it may
+        # stop a little late. The host waits for it (the GIL is free meanwhile).
+        g.busy_until = time.monotonic() + timeout
+        try:
+            return growth(*args, **kwargs)
+        finally:
+            g.busy_until = 0.0
+
+    return call
 
 
 def _decimal_overrides(g: Guards) -> dict[str, Any]:

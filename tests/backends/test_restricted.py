@@ -635,6 +635,78 @@ async def test_runaway_cells_are_stopped(box: RestrictedSandbox, code: str) -> N
     assert after.stdout == "1\n"
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import re\nre.search(r'(a|aa)+$', 'a' * 80 + 'b')",
+        "import re\np = re.compile(r'(a|aa)+$')\np.findall('a' * 80 + 'b')",
+        "import re\nlist(re.finditer(r'(a|aa)+$', 'a' * 80 + 'b'))",
+        "import re\nre.sub(r'(a|aa)+$', 'x', 'a' * 80 + 'b')",
+        "import re\nwhile True:\n    try:\n        re.match(r'(a|aa)+$', 'a' * 80 + 'b')\n"
+        "    except Exception:\n        pass",
+    ],
+)
+async def test_catastrophic_regexes_stop_without_freezing_the_host(
+    box: RestrictedSandbox, code: str
+) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.05)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        result = await run(box, code, timeout=1.0)
+        tg.cancel_scope.cancel()
+    assert result.timed_out and not result.state_lost, result
+    assert ticks >= 5  # the event loop ran while the regex did
+    assert (await run(box, "print('ok')")).stdout == "ok\n"
+
+
+async def test_patterns_that_stall_pythons_engine_are_fast(box: RestrictedSandbox) -> None:
+    code = (
+        "import re\n"
+        "print(re.match(r'(a+)+$', 'a' * 40 + 'b'), re.search(r'a*a*b', 'a' * 20000),"
+        " re.search(r'.*x', 'a' * 20000))"
+    )
+    result = await run(box, code, timeout=10)
+    assert result.stdout == "None None None\n", result
+
+
+async def test_re_keeps_the_standard_interface(box: RestrictedSandbox) -> None:
+    code = r"""
+import re
+p = re.compile(r'(?P<user>\w+)@(\w+)', re.IGNORECASE)
+m = p.search('mail BOB@Host now')
+print(m.group('user'), m.groups(), m.span(), m.start(2), p.pattern, p.groups)
+print(re.findall(r'\d+', 'a1b22'), re.split(r'[,;]', 'a,b;c'), re.split(r',', 'a,b,c', 1))
+print(re.sub(r'(\w)(\d)', r'\2\1', 'a1 b2'), re.subn('a', 'b', 'aaa'), re.escape('a.b'))
+print(re.sub('o', lambda m: m.group(0).upper(), 'foo'))
+print([x.group() for x in re.finditer('o', 'foo')])
+print(re.fullmatch(r'\d+', '123') is not None, re.match('x', 'y'), isinstance(p, re.Pattern))
+print(bool(re.search('^b', 'a\nb', re.M)), bool(re.search('a.b', 'a\nb', re.S)))
+try:
+    re.compile('(')
+except re.error:
+    print('error caught')
+"""
+    result = await run(box, code)
+    assert result.error is None, result.error
+    assert result.stdout.splitlines() == [
+        r"BOB ('BOB', 'Host') (5, 13) 9 (?P<user>\w+)@(\w+) 2",
+        "['1', '22'] ['a', 'b', 'c'] ['a', 'b,c']",
+        r"1a 2b ('bbb', 3) a\.b",
+        "fOO",
+        "['o', 'o']",
+        "True None True",
+        "True True",
+        "error caught",
+    ]
+
+
 async def test_a_stop_during_a_sub_call_cancels_it(box: RestrictedSandbox) -> None:
     result = await run(box, "r = llm_query('slow')", timeout=0.5)
     assert result.timed_out and not result.state_lost
