@@ -457,6 +457,39 @@ async def test_escape_classics_are_blocked(box: RestrictedSandbox, name: str) ->
     await refused(box, ESCAPES[name].format(m=MARK))
 
 
+# Objects that calls hand out, walked too (module attributes alone miss them).
+INSTANCES = r"""
+class Mine:
+    def __init__(self):
+        self.v = 1
+def gen():
+    yield 1
+def fn(x):
+    return x
+g = gen()
+next(g)
+try:
+    1 / 0
+except Exception as caught:
+    error = caught
+queue += [
+    re.compile(r'(\w)'), re.search(r'(\w)', 'ab'), collections.Counter('ab'),
+    collections.deque([1]), collections.defaultdict(list), collections.OrderedDict(a=1),
+    collections.ChainMap({}), collections.namedtuple('T', 'a')(1), datetime.datetime(2024, 1, 1),
+    datetime.timedelta(1), decimal.Decimal('1.5'), decimal.getcontext(), decimal.localcontext(),
+    fractions.Fraction(1, 3), g, (x for x in [1]), error, LLMError('m', 'k'), Mine(), Mine,
+    textwrap.TextWrapper(), difflib.SequenceMatcher(None, 'a', 'b'), difflib.Differ(),
+    random.Random(1), json.JSONDecoder(), json.JSONEncoder(), statistics.NormalDist(),
+    string.Template('$x'), functools.partial(fn, 1), functools.lru_cache(fn), fn,
+    functools.cached_property(fn), itertools.count(), iter([1]), iter(range(3)), range(10**9),
+    map(fn, [1]), zip([1]), enumerate([1]), reversed([1]), {1: 2}.keys(), {1: 2}.items(),
+    property(fn), staticmethod(fn), classmethod(fn),
+    super(Mine, Mine()), slice(1, 2), object(), type(fn), type(g), type(error), type(range(1)),
+    'text'.upper, [].append, {}.get, print, sorted,
+]
+"""
+
+
 async def test_nothing_reachable_leads_to_the_host(box: RestrictedSandbox) -> None:
     """Walk every attribute and item model code can reach; none is a host object."""
     sandbox, batcher, bridge = make_sandbox()
@@ -469,6 +502,7 @@ async def test_nothing_reachable_leads_to_the_host(box: RestrictedSandbox) -> No
 import {", ".join(ALLOWED_MODULES)}
 queue = [llm_query, llm_batch, LLMError, RLMCallError, context,
          {", ".join(ALLOWED_MODULES)}, {", ".join(roots)}]
+{INSTANCES}
 seen = set()
 keep = []
 kinds = set()
