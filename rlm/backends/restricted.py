@@ -20,7 +20,19 @@ How a cell runs:
   Python) the namespace is abandoned to it and a fresh one (with ``context``) takes
   its place: ``state_lost=True``.
 - A watchdog thread samples the process's resident memory while the cell runs and
-  stops the cell with a MemoryError when it has grown by more than the limit.
+  stops the cell with a MemoryError when it has grown by more than the limit. One
+  C call that allocates gigabytes never lets the watchdog run; for that, a
+  process-wide RLIMIT_DATA ceiling is in force while cells run (see
+  :class:`_MemoryCeiling`), so the allocation fails with MemoryError instead of
+  waking the OOM killer.
+
+Known limits, inherent to running in-process: C code that computes for long without
+returning to the interpreter (sorting a huge list, comparing huge structures built
+from shared references) holds the GIL and stalls the host until it ends; the
+guards bound the common cases (sizes up front, Python-level iteration for huge
+ranges and ``itertools``, ``re`` on the ``regex`` engine with a timeout and the GIL
+released) but cannot bound all of them. The memory watchdog measures the whole
+process, so concurrent sessions share one budget.
 - ``llm_query``/``llm_batch`` are the same functions as in Docker
   (:func:`rlm_sandbox.api.make_functions`); their transport hops to the host's event
   loop (``anyio.from_thread.run``) and calls :meth:`SessionBridge.call`.
