@@ -356,6 +356,7 @@ class SecurityHarness:
             )
         if victim_calls != (self.victim.calls_admitted, self.victim.usage.sub_calls):
             problems.append("the victim session's counters changed")
+        self.fixtures.listeners.sync()
         reached = self.fixtures.listeners.since(listen_mark)
         if reached:
             problems.append(f"reached a host listener: {'; '.join(reached[:3])}")

@@ -75,6 +75,8 @@ class Listeners:
         self.hits: list[str] = []
         self._sockets: list[socket.socket] = []
         self._stop_r, self._stop_w = socket.socketpair()
+        self._sync_r, self._sync_w = socket.socketpair()
+        self._synced = threading.Event()
         self._thread: threading.Thread | None = None
         self.port = self._tcp(socket.AF_INET, "127.0.0.1")
         try:
@@ -91,6 +93,7 @@ class Listeners:
         unix.listen(64)
         self._add(unix, "unix")
         self._selector.register(self._stop_r, selectors.EVENT_READ, "stop")
+        self._selector.register(self._sync_r, selectors.EVENT_READ, "sync")
 
     def _tcp(self, family: int, host: str) -> int:
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -113,10 +116,15 @@ class Listeners:
 
     def _serve(self) -> None:
         while True:
+            synced = False
             for key, _ in self._selector.select():
                 label = key.data
                 if label == "stop":
                     return
+                if label == "sync":
+                    self._sync_r.recv(64)
+                    synced = True
+                    continue
                 sock: socket.socket = key.fileobj  # type: ignore[assignment]
                 try:
                     if label == "udp":
@@ -128,6 +136,18 @@ class Listeners:
                         self._hit(f"{label} connection from {peer or 'a local process'}")
                 except OSError:
                     continue
+            if synced:
+                self._synced.set()
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Return once everything that reached a listener before this call is counted.
+
+        One ``select`` reports every ready socket, so the round that sees this call's
+        wake-up also sees any connection or datagram queued before it.
+        """
+        self._synced.clear()
+        self._sync_w.send(b"s")
+        self._synced.wait(timeout)
 
     def _hit(self, what: str) -> None:
         with self._lock:
@@ -145,7 +165,7 @@ class Listeners:
         self._stop_w.send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for sock in (*self._sockets, self._stop_r, self._stop_w):
+        for sock in (*self._sockets, self._stop_r, self._stop_w, self._sync_r, self._sync_w):
             sock.close()
         self._selector.close()
 
