@@ -780,6 +780,29 @@ async def test_cancelling_execute_stops_the_thread() -> None:
     await sandbox.close()
 
 
+async def test_stops_never_reach_another_sessions_cell() -> None:
+    boxes = [make_sandbox()[0] for _ in range(4)]
+    for sandbox in boxes:
+        await sandbox.start()
+    results: dict[int, Any] = {}
+    slow = "n = 0\nfor i in range(3_000_000):\n    n += 1\nprint(n)"
+
+    async def one(i: int) -> None:
+        code = "while True:\n    pass" if i % 2 else slow
+        results[i] = await boxes[i].execute(code, 0.3 if i % 2 else 60)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(boxes)):
+            tg.start_soon(one, i)
+    for i, result in results.items():
+        if i % 2:
+            assert result.timed_out and not result.state_lost
+        else:
+            assert result.error is None and result.stdout == "3000000\n", result
+    for sandbox in boxes:
+        await sandbox.close()
+
+
 async def test_many_stops_leave_worker_threads_healthy(box: RestrictedSandbox) -> None:
     for _ in range(10):
         result = await run(box, "while True:\n    x = [1] * 10", timeout=0.05)
