@@ -64,12 +64,16 @@ async def test_a_cancelled_request_drops_its_connection_and_its_count() -> None:
         client = ModelClient(api_key="test", base_url=server.base_url)
         transport = transport_of(client)
         try:
-            with anyio.move_on_after(0.3):
-                async with anyio.create_task_group() as tg:
-                    for i in range(4):
-                        tg.start_soon(
-                            client.chat, "sub", [{"role": "user", "content": f"{i} [[hang]]"}]
-                        )
+            async with anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(
+                        client.chat, "sub", [{"role": "user", "content": f"{i} [[hang]]"}]
+                    )
+                # Cancel only once all four hang at the server, however loaded the machine.
+                with anyio.fail_after(10):
+                    while server.stats.in_flight < 4:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
             assert transport.active == [0] * 32
             with anyio.fail_after(10):
                 while server.stats.disconnects < 4:  # noqa: ASYNC110
