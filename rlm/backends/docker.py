@@ -887,16 +887,18 @@ def cleanup_leftovers(client: Any = None, *, everything: bool = False) -> int:
     """Remove sandbox containers left behind by a crashed rlm; returns how many.
 
     A container is a leftover when it is not running, or when the process that
-    made it (``rlm.owner`` label) is gone from this host. ``everything=True``
-    removes every sandbox container, including live sessions'.
+    made it (``rlm.owner`` label) is gone from this host. A container its live
+    owner is still starting ("created") is not: removing it would kill another
+    process's session as it starts. ``everything=True`` removes every sandbox
+    container, including live sessions'.
     """
     client = _client(client)
     host = socket.gethostname()
     removed = 0
     for item in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
         owner = (item.get("Labels") or {}).get(OWNER_LABEL, "")
-        running = item.get("State") == "running"
-        if not everything and running and _owner_alive(owner, host):
+        in_use = item.get("State") in ("running", "created")
+        if not everything and in_use and _owner_alive(owner, host):
             continue
         _remove_quietly(client, item["Id"])
         removed += 1
