@@ -141,7 +141,16 @@ def select_targets(
             config = base.with_(docker_runtime=rt)
             problem = docker_problem(config)
             if problem is None:
-                targets.append(docker_target(rt, config.image, output_limit))
+                # The deployment's own limits (RLM_DOCKER_MEMORY, RLM_DOCKER_CPUS).
+                targets.append(
+                    docker_target(
+                        rt,
+                        config.image,
+                        output_limit,
+                        memory=config.docker_memory,
+                        cpus=config.docker_cpus,
+                    )
+                )
             else:
                 missing.append((f"docker:{rt}", problem))
     return targets, missing
