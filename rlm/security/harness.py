@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -189,6 +190,8 @@ class SecurityHarness:
         self.client: ModelClient | None = None
         self.batcher: Batcher | None = None
         self.victim = SessionState(sub_model=SUB_MODEL, tenant="victim-tenant")
+        #: Exceptions host code could not raise while an in-process target ran.
+        self.unraisable: list[str] = []
         self._saved_env: dict[str, str | None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------
@@ -257,6 +260,23 @@ class SecurityHarness:
 
     async def run_target(self, target: Target, payloads: list[Payload]) -> TargetReport:
         """Run every payload that applies to ``target``; then check the host's health."""
+        if not target.in_process:
+            return await self._run_target(target, payloads)
+        # Exceptions that host code running on a cell's thread could not raise (a stop
+        # landing in a finalizer) are noted, not kept: the default hook of a test
+        # runner keeps their tracebacks, and with them whatever the cell held.
+        previous = sys.unraisablehook
+        sys.unraisablehook = self._note_unraisable
+        try:
+            return await self._run_target(target, payloads)
+        finally:
+            sys.unraisablehook = previous
+
+    def _note_unraisable(self, unraisable: Any) -> None:
+        where = getattr(unraisable.object, "__qualname__", type(unraisable.object).__name__)
+        self.unraisable.append(f"{unraisable.exc_type.__name__} ignored in {where}")
+
+    async def _run_target(self, target: Target, payloads: list[Payload]) -> TargetReport:
         report = TargetReport(backend=target.name, host_before=ProcessSnapshot.take())
         started = time.monotonic()
         fingerprint = target.fingerprint() if target.fingerprint else None
@@ -337,6 +357,7 @@ class SecurityHarness:
         listen_mark = self.fixtures.listeners.count()
         requests_mark = self.server.stats.requests
         in_flight_mark = self.server.stats.in_flight
+        unraisable_mark = len(self.unraisable)
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
         integrity = host_integrity()
         code = payload.render(self.placeholders())
@@ -390,6 +411,9 @@ class SecurityHarness:
         evidence = _evidence(seen).replace(self.canary.value, "<CANARY>")
         if heartbeat.worst > 0.5:
             evidence += f" | host loop stalled {heartbeat.worst:.1f}s"
+        ignored = self.unraisable[unraisable_mark:]
+        if ignored:
+            evidence += f" | in host code: {'; '.join(sorted(set(ignored)))[:300]}"
         if seen.result is not None and seen.result.state_lost:
             broken = True
         return (
