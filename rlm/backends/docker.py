@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from rlm_sandbox import protocol
 
 from rlm.backends.base import CellResult, Sandbox
@@ -305,7 +306,11 @@ async def launch(
         return client.containers.create(**spec.create_kwargs(name, all_labels))
 
     try:
-        container = await anyio.to_thread.run_sync(create)
+        # Shielded: a cancellation (Ctrl-C) that lands while the engine creates the
+        # container must not lose the only handle to it; the checkpoint below then
+        # raises it, and the cleanup further down removes the container.
+        with anyio.CancelScope(shield=True):
+            container = await anyio.to_thread.run_sync(create)
     except docker.errors.ImageNotFound:
         raise SandboxUnavailable(
             f"image {spec.image} not found; run `rlm image build` (or `rlm image build --offline`)"
@@ -319,6 +324,7 @@ async def launch(
         ) from None
     box: SandboxContainer | None = None
     try:
+        await anyio.lowlevel.checkpoint()
 
         def attach_and_start() -> Any:
             sock = client.api.attach_socket(
