@@ -773,6 +773,15 @@ def describe_exit(
         )
     if state.get("Running"):
         return f"its channel broke ({detail}) while it was still running"
+    if code == 137 and spec.runtime == "runsc":
+        # Under gVisor the engine flags an out-of-memory kill only some of the time
+        # (seen in CI: a 400 MB allocation under a 192 MB limit came back as plain
+        # exit 137), so both causes are named.
+        return (
+            "it was killed (SIGKILL, exit 137): under gVisor the engine does not always "
+            f"flag out-of-memory kills, so it either ran out of memory (limit {spec.memory}) "
+            "or was killed from outside the sandbox; if it was memory, hold less data at once"
+        )
     if code == 137:
         return "it was killed (SIGKILL, exit 137), e.g. from outside the sandbox or for memory"
     if code is None:
