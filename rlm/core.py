@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from rlm.prompts import (
     missing_variable,
 )
 from rlm.result import RLMResult
+from rlm.retry import RetryPolicy
 from rlm.session import SessionState
 from rlm.trajectory import Trajectory
 
@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 EventCallback = Callable[[dict[str, Any]], None]
 
-#: Tries for one root call when the provider fails in a way a retry can fix.
-ROOT_CALL_TRIES = 4
+#: Root calls retry like sub-calls (the batcher's policy), with fewer tries: a
+#: stuck root call stalls the whole run, so it should fail and say so sooner.
+ROOT_RETRY = RetryPolicy(max_tries=4)
 
 
 class RLM:
@@ -220,18 +221,20 @@ class _Run:
         assert model is not None
         usage = self.session.usage.model(model)
         started = time.monotonic()
-        for attempt in range(1, ROOT_CALL_TRIES + 1):
+        tries = 0
+        while True:
+            tries += 1
             try:
                 answer = await self._chat(model, messages)
                 break
             except ModelCallFailure as exc:
-                if not exc.retryable or attempt == ROOT_CALL_TRIES:
+                delay = ROOT_RETRY.delay(tries, exc, time.monotonic() - started)
+                if delay is None:
                     usage.failures += 1
                     raise
                 usage.retries += 1
-                delay = exc.retry_after if exc.retry_after is not None else 2 ** (attempt - 1)
-                self.trajectory.add("root_retry", attempt=attempt, kind=exc.kind, delay=delay)
-                await anyio.sleep(min(delay, 30.0) * (1 + random.random() * 0.1))
+                self.trajectory.add("root_retry", attempt=tries, kind=exc.kind, delay=delay)
+                await anyio.sleep(delay)
         seconds = time.monotonic() - started
         usage.calls += 1
         usage.prompt_tokens += answer.prompt_tokens
