@@ -1,4 +1,10 @@
-"""The model client: one ``openai.AsyncOpenAI`` per endpoint, errors made plain.
+"""The model client: chat completions against one OpenAI-compatible endpoint.
+
+One ``openai.AsyncOpenAI`` per endpoint supplies the endpoint's URL, auth and
+headers, and streams the root model's replies. Plain completions, the bulk of a
+run, are posted over :mod:`rlm.transport` with those same headers: the SDK's
+per-request CPU, not the network, is what limits a wide ``llm_batch`` (measured
+there). Both paths turn failures into one :class:`ModelCallFailure` vocabulary.
 
 The client does no retrying of its own (the SDK's is turned off): the batcher owns
 retries, backoff and Retry-After for sub-calls, and the root loop for root calls, so
@@ -8,15 +14,14 @@ that every retry is counted and bounded in one place.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 import openai
 
 from rlm.errors import ConfigurationError, ModelCallError
-from rlm.transport import sharded_http_client
+from rlm.transport import HTTPPool, TransportError, environment_proxy
 
 #: Kinds of failure that a later try may fix.
 RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection"})
@@ -31,11 +36,8 @@ class ChatResult:
     completion_tokens: int = 0
 
 
-def _retry_after(response: Any) -> float | None:
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
-    value = headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
     if value is None:
         return None
     try:
@@ -63,52 +65,66 @@ class ModelCallFailure(ModelCallError):
         return self.kind in RETRYABLE_KINDS
 
 
+def failure_for_status(
+    status: int, detail: str, headers: Mapping[str, str] | None, model: str
+) -> ModelCallFailure:
+    """The failure an HTTP error status means, with a message that says what to do."""
+    detail = detail[:300]
+    if status == 429:
+        return ModelCallFailure(
+            f"rate limited by the provider for {model!r}",
+            kind="rate_limit",
+            status=status,
+            retry_after=_retry_after(headers),
+        )
+    if status in (401, 403):
+        return ModelCallFailure(
+            f"the provider refused the API key ({status}); check OPENAI_API_KEY",
+            kind="auth",
+            status=status,
+        )
+    if status == 404:
+        return ModelCallFailure(
+            f"model {model!r} not found at the provider ({status}); check the model name",
+            kind="not_found",
+            status=status,
+        )
+    if status >= 500:
+        return ModelCallFailure(
+            f"the provider failed ({status}) for {model!r}: {detail}",
+            kind="server",
+            status=status,
+            retry_after=_retry_after(headers),
+        )
+    lowered = detail.lower()
+    kind = "context_length" if "context" in lowered and "length" in lowered else "bad_request"
+    return ModelCallFailure(
+        f"the provider rejected the request ({status}) for {model!r}: {detail}",
+        kind=kind,
+        status=status,
+    )
+
+
+def _unreachable(model: str, why: object) -> ModelCallFailure:
+    return ModelCallFailure(
+        f"cannot reach the model server for {model!r}: {why}; "
+        "check OPENAI_BASE_URL and that the server is up",
+        kind="connection",
+    )
+
+
+def _timed_out(model: str) -> ModelCallFailure:
+    return ModelCallFailure(f"model {model!r} did not answer in time", kind="timeout")
+
+
 def classify(exc: BaseException, model: str) -> ModelCallFailure:
     """Turn an SDK exception into a ModelCallFailure with a message that says what to do."""
     if isinstance(exc, openai.APITimeoutError):
-        return ModelCallFailure(f"model {model!r} did not answer in time", kind="timeout")
+        return _timed_out(model)
     if isinstance(exc, openai.APIConnectionError):
-        return ModelCallFailure(
-            f"cannot reach the model server for {model!r}: {exc}; "
-            "check OPENAI_BASE_URL and that the server is up",
-            kind="connection",
-        )
+        return _unreachable(model, exc)
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        detail = str(exc)[:300]
-        if status == 429:
-            return ModelCallFailure(
-                f"rate limited by the provider for {model!r}",
-                kind="rate_limit",
-                status=status,
-                retry_after=_retry_after(exc.response),
-            )
-        if status in (401, 403):
-            return ModelCallFailure(
-                f"the provider refused the API key ({status}); check OPENAI_API_KEY",
-                kind="auth",
-                status=status,
-            )
-        if status == 404:
-            return ModelCallFailure(
-                f"model {model!r} not found at the provider ({status}); check the model name",
-                kind="not_found",
-                status=status,
-            )
-        if status >= 500:
-            return ModelCallFailure(
-                f"the provider failed ({status}) for {model!r}: {detail}",
-                kind="server",
-                status=status,
-                retry_after=_retry_after(exc.response),
-            )
-        lowered = detail.lower()
-        kind = "context_length" if "context" in lowered and "length" in lowered else "bad_request"
-        return ModelCallFailure(
-            f"the provider rejected the request ({status}) for {model!r}: {detail}",
-            kind=kind,
-            status=status,
-        )
+        return failure_for_status(exc.status_code, str(exc), exc.response.headers, model)
     return ModelCallFailure(f"model call to {model!r} failed: {exc!r}", kind="error")
 
 
@@ -130,7 +146,11 @@ def _chat_result(payload: Any, model: str) -> ChatResult:
 
 
 class ModelClient:
-    """Chat completions against one OpenAI-compatible endpoint."""
+    """Chat completions against one OpenAI-compatible endpoint.
+
+    A client belongs to one event loop at a time (see :class:`rlm.transport.HTTPPool`);
+    close it with :meth:`aclose`.
+    """
 
     def __init__(
         self,
@@ -147,14 +167,16 @@ class ModelClient:
             )
         self.base_url = base_url
         self.timeout = timeout
-        # A sharded connection pool: with one pool, a wide llm_batch spends most of
-        # its CPU walking the pool's connections (see rlm/transport.py).
-        self._client = openai.AsyncOpenAI(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            max_retries=0,
-            http_client=sharded_http_client(),
+        self._sdk = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+        )
+        headers = {**self._sdk.default_headers, **self._sdk.auth_headers}
+        self._completions_url = f"{str(self._sdk.base_url).rstrip('/')}/chat/completions"
+        self._http = HTTPPool(
+            # Unset optional headers (organization, project) are the SDK's Omit markers.
+            headers={k: v for k, v in headers.items() if isinstance(v, str)},
+            # The environment's proxy, as the SDK's own client would use.
+            proxy=environment_proxy(self._completions_url),
         )
 
     async def chat(
@@ -165,29 +187,30 @@ class ModelClient:
         timeout: float | None = None,
         **params: Any,
     ) -> ChatResult:
-        """One completion. Raises ModelCallFailure, classified.
-
-        The request goes through the SDK's own ``post`` (its auth, headers, timeouts
-        and status errors) but skips ``chat.completions.create``'s parameter
-        transforms and typed response models: for a wide ``llm_batch`` that is about
-        a quarter of the client's CPU per request (bench/bench_batcher.py), and the
-        few fields read here are checked by hand instead.
-        """
+        """One completion. Raises ModelCallFailure, classified."""
+        body = json.dumps({"model": model, "messages": messages, **params}).encode()
         try:
-            response = await self._client.post(
-                "/chat/completions",
-                body={"model": model, "messages": messages, **params},
-                cast_to=httpx2.Response,
-                options={"timeout": timeout if timeout is not None else self.timeout},
+            reply = await self._http.post(
+                self._completions_url,
+                body,
+                timeout=timeout if timeout is not None else self.timeout,
             )
-            payload = json.loads(response.content)
-        except openai.OpenAIError as exc:
-            raise classify(exc, model) from exc
+        except TransportError as exc:
+            raise (
+                _timed_out(model) if exc.kind == "timeout" else _unreachable(model, exc)
+            ) from exc
+        if reply.status >= 300:
+            detail = reply.body[:300].decode("utf-8", "replace")
+            raise failure_for_status(
+                reply.status, f"Error code: {reply.status} - {detail}", reply.headers, model
+            )
+        try:
+            payload = json.loads(reply.body)
         except ValueError as exc:
             raise ModelCallFailure(
                 f"model {model!r} answered with something that is not JSON: {exc}",
                 kind="bad_response",
-            ) from exc
+            ) from None
         return _chat_result(payload, model)
 
     async def chat_stream(
@@ -200,7 +223,7 @@ class ModelClient:
     ) -> AsyncIterator[str | ChatResult]:
         """Stream a completion: text deltas as they arrive, then the whole ChatResult."""
         try:
-            stream = await self._client.chat.completions.create(
+            stream = await self._sdk.chat.completions.create(
                 model=model,
                 messages=messages,  # type: ignore[arg-type]
                 timeout=timeout if timeout is not None else self.timeout,
@@ -224,4 +247,7 @@ class ModelClient:
         yield ChatResult("".join(parts), prompt_tokens, completion_tokens)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        try:
+            await self._http.aclose()
+        finally:
+            await self._sdk.close()

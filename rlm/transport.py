@@ -1,89 +1,149 @@
-"""An HTTP transport that splits its connection pool into shards.
+"""The HTTP connection pool that completions go over: aiohttp, one pool per event loop.
 
-httpcore's pool walks all its connections (with a socket check on each idle one)
-every time a request is assigned and every time a response is closed. With a
-hundred or more connections open, as a wide ``llm_batch`` needs, that walk is most
-of the client's CPU per request (measured in bench/bench_batcher.py: about 3 ms a
-request at 100 in flight with one pool, 1.8 ms with 32 shards). Here each request
-goes to the shard with the fewest requests in flight, so each pool stays small.
+A wide ``llm_batch`` is a burst of requests sent at once, and the client's CPU per
+request sets how far apart they leave: at c = 100, every 0.1 ms a request costs
+adds about 5% to the batch's wall time (the last request leaves 100 × that after
+the first). Measured in bench/bench_batcher.py on one 2-core machine, in one run:
+the openai SDK over its default httpx client costs about 0.9 ms of CPU a request
+(ratio to the ideal 1.40 at N = c = 100), over its own aiohttp transport 0.6 ms
+(1.29), and aiohttp alone 0.12 ms (1.09). The SDK's share is the building of each
+request (options, URL parsing, header merging) before a byte is sent.
 
-The shards are ordinary ``httpx2.AsyncHTTPTransport`` pools: timeouts, keep-alive,
-cancellation (a cancelled request drops its connection) work as usual.
+So plain completions are posted here, with the headers the SDK itself would send
+(its auth, user agent and platform headers, taken from the SDK client once), and
+the SDK keeps what it is needed for: streaming. This module only moves bytes;
+:mod:`rlm.client` gives them OpenAI's meaning.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import httpx2
-
-
-class _Tracked(httpx2.AsyncByteStream):
-    """A response body that tells its shard when it is closed."""
-
-    def __init__(self, inner: httpx2.AsyncByteStream, owner: ShardedTransport, shard: int):
-        self._inner = inner
-        self._owner = owner
-        self._shard = shard
-        self._open = True
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            if self._open:
-                self._open = False
-                self._owner.active[self._shard] -= 1
+import aiohttp
 
 
-class ShardedTransport(httpx2.AsyncBaseTransport):
-    """``shards`` connection pools sharing ``max_connections`` between them."""
+class TransportError(Exception):
+    """A request that got no HTTP answer: ``kind`` is ``"timeout"`` or ``"connection"``."""
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy that ``HTTPS_PROXY``/``HTTP_PROXY`` and ``NO_PROXY`` name for ``url``.
+
+    Read once per pool rather than per request: aiohttp's ``trust_env`` looks the
+    environment up in a worker thread for every request, which more than doubled
+    the client's CPU per request in bench/bench_batcher.py.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP answer, whatever its status."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class HTTPPool:
+    """Keep-alive connections for JSON POSTs, many at once.
+
+    The pool is opened in the event loop that first uses it and belongs to that
+    loop (aiohttp's connections are bound to one). Once that loop has closed, as
+    after each ``RLM.completion()``, the next use opens a fresh pool in the new
+    loop; using it from two live loops at once is refused with a clear error.
+
+    A request that is cancelled while in flight closes its connection, so the server
+    sees the client go away (the batcher relies on this to stop paid work).
+    """
 
     def __init__(
         self,
         *,
-        shards: int = 32,
+        headers: Mapping[str, str],
+        proxy: str | None = None,
         max_connections: int = 1000,
         keepalive_expiry: float = 5.0,
     ) -> None:
-        if shards < 1 or max_connections < shards:
-            raise ValueError("need 1 <= shards <= max_connections")
-        per_shard = -(-max_connections // shards)
-        limits = httpx2.Limits(
-            max_connections=per_shard,
-            max_keepalive_connections=per_shard,
-            keepalive_expiry=keepalive_expiry,
-        )
-        self._shards = [httpx2.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
-        #: Requests in flight per shard (sent, and response not yet closed).
-        self.active = [0] * shards
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._headers = dict(headers)
+        self._proxy = proxy
+        self._max_connections = max_connections
+        self._keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._closed = False
+        #: Requests sent whose answer has not been read yet.
+        self.in_flight = 0
 
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        active = self.active
-        # The least busy shard; ties go to the lowest, so calls made one at a time
-        # keep reusing one warm connection.
-        shard = active.index(min(active))
-        active[shard] += 1
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this HTTP pool is closed")
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._loop is loop:
+            return self._session
+        if self._loop is not None and not self._loop.is_closed() and self._loop is not loop:
+            raise RuntimeError(
+                "this model client is in use by another running event loop; "
+                "make one ModelClient (and Batcher) per event loop"
+            )
+        # A pool from a loop that has ended holds only dead connections.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections,
+                keepalive_timeout=self._keepalive_expiry,
+            ),
+            headers=self._headers,
+            proxy=self._proxy,
+        )
+        self._loop = loop
+        return self._session
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(total=seconds)
+        return timeout
+
+    async def post(self, url: str, body: bytes, *, timeout: float) -> Reply:
+        """POST ``body`` (JSON) to ``url``; the reply is read whole within ``timeout``."""
+        session = self._open()
+        self.in_flight += 1
         try:
-            response = await self._shards[shard].handle_async_request(request)
-        except BaseException:
-            active[shard] -= 1
-            raise
-        assert isinstance(response.stream, httpx2.AsyncByteStream)
-        response.stream = _Tracked(response.stream, self, shard)
-        return response
+            # No redirects, as with the SDK: a provider that redirects is misconfigured,
+            # and a redirect must not carry the key elsewhere.
+            async with session.post(
+                url, data=body, timeout=self._timeout(timeout), allow_redirects=False
+            ) as response:
+                return Reply(response.status, response.headers, await response.read())
+        except TimeoutError:
+            raise TransportError(f"no answer within {timeout:g} s", kind="timeout") from None
+        except aiohttp.ClientError as exc:
+            # str() only: the repr of some aiohttp errors carries the request's
+            # headers, and with them the API key.
+            raise TransportError(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                kind="connection",
+            ) from None
+        finally:
+            self.in_flight -= 1
 
     async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
-def sharded_http_client(**options: object) -> httpx2.AsyncClient:
-    """The openai SDK's default async HTTP client, over a :class:`ShardedTransport`."""
-    import openai
-
-    return openai.DefaultAsyncHttpxClient(transport=ShardedTransport(**options))  # type: ignore[arg-type]
+        """Close the connections; the pool cannot be used again."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is not None and self._loop is asyncio.get_running_loop():
+            await session.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import traceback
 
 import pytest
 
@@ -122,3 +123,33 @@ async def test_a_malformed_completion_is_a_clear_failure(server: OfflineModelSer
     finally:
         await client.aclose()
     assert caught.value.kind == "bad_response" and not caught.value.retryable
+
+
+async def test_no_failure_message_carries_the_key(server: OfflineModelServer) -> None:
+    key = "sk-canary-3f9a1c"
+    failures: list[BaseException] = []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    for base_url, prompt, fault in (
+        (nobody, "x", None),  # connection refused
+        (server.base_url, "x [[hang]]", None),  # timeout
+        (server.base_url, "x", Fault(status=401)),
+        (server.base_url, "x", Fault(status=500)),
+        (server.base_url, "x", Fault(status=307)),
+        (server.base_url, "x [[malformed]]", None),
+    ):
+        if fault is not None:
+            server.add_fault(fault)
+        client = ModelClient(api_key=key, base_url=base_url, timeout=0.5)
+        try:
+            with pytest.raises(ModelCallFailure) as caught:
+                await client.chat("sub", [{"role": "user", "content": prompt}])
+        finally:
+            await client.aclose()
+        failures.append(caught.value)
+    kinds = [f.kind for f in failures]  # type: ignore[attr-defined]
+    assert kinds == ["connection", "timeout", "auth", "server", "bad_request", "bad_response"]
+    for failure in failures:
+        chain = "".join(traceback.format_exception(failure))
+        assert key not in chain

@@ -1,8 +1,10 @@
 """An offline OpenAI-compatible model server on loopback.
 
 It is a real HTTP server (uvicorn, in a thread of its own with its own event loop)
-that the real ``openai`` SDK talks to, so tests, benchmarks and ``rlm demo`` exercise
-the same code paths as a paid provider. It serves two kinds of "model":
+that rlm's real model client talks to (the ``openai`` SDK for streams, its headers
+over aiohttp for plain completions), so tests, benchmarks and ``rlm demo`` exercise
+the same code paths as a paid provider. Given an ``api_key``, it checks the bearer
+token as a provider would. It serves two kinds of "model":
 
 - the **root** model (any model name starting with ``root``, or the one given as
   ``root_model``) drives a real RLM trajectory: inspect the context, chunk it,
@@ -72,6 +74,10 @@ class ServerStats:
     models: Counter[str] = field(default_factory=Counter)
     #: The largest request body seen per model, in bytes.
     largest_request: Counter[str] = field(default_factory=Counter)
+    #: Requests per User-Agent header.
+    user_agents: Counter[str] = field(default_factory=Counter)
+    #: Each client connection (address, port) that sent a completion request.
+    connections: set[tuple[str, int]] = field(default_factory=set)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -92,8 +98,11 @@ class OfflineModelServer:
         root_script: list[str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        api_key: str | None = None,
     ) -> None:
         self.latency = latency
+        #: When set, completions need ``Authorization: Bearer <api_key>``, else 401.
+        self.api_key = api_key
         self.root_model = root_model
         self.root_script = list(root_script) if root_script is not None else None
         self.stats = ServerStats()
@@ -191,6 +200,17 @@ class OfflineModelServer:
             return
         if scope["method"] != "POST" or path != "/v1/chat/completions":
             await _json(send, 404, {"error": {"message": f"no route {path}"}})
+            return
+        headers = dict(scope["headers"])
+        self.stats.user_agents[headers.get(b"user-agent", b"").decode("latin-1")] += 1
+        if scope.get("client"):
+            self.stats.connections.add(tuple(scope["client"]))
+        if self.api_key is not None and headers.get(b"authorization") != (
+            b"Bearer " + self.api_key.encode()
+        ):
+            self.stats.by_status[401] += 1
+            error = {"message": "Incorrect API key provided", "code": "invalid_api_key"}
+            await _json(send, 401, {"error": error})
             return
         body = b""
         while True:
