@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
+import openai
+
 from rlm.batcher import Batcher
 from rlm.client import ChatResult, ModelClient
 from rlm.session import SessionLimits, SessionState
@@ -168,19 +170,33 @@ async def floors(base_url: str) -> None:
             *(client.chat(SUB, [{"role": "user", "content": f"d{i}"}]) for i in range(n))
         )
 
+    sdk = openai.AsyncOpenAI(api_key="bench", base_url=base_url, timeout=60, max_retries=0)
+
+    async def through_sdk() -> None:
+        await asyncio.gather(
+            *(
+                sdk.chat.completions.create(
+                    model=SUB, messages=[{"role": "user", "content": f"s{i}"}]
+                )
+                for i in range(n)
+            )
+        )
+
     async def batched() -> None:
         await batcher.run(new_session(width), SUB, [f"b{i}" for i in range(n)], width)
 
     print()
-    print(f"N = {n}, c = {width}: the same {n} requests made three ways (interleaved, median of 5)")
+    print(f"N = {n}, c = {width}: the same {n} requests made four ways (interleaved, median of 9)")
     ways = (
         ("raw HTTP/1.1 on asyncio sockets", raw),
+        ("openai SDK create() x100, gathered", through_sdk),
         ("ModelClient.chat x100, gathered", direct),
         ("Batcher.run (llm_batch)", batched),
     )
     walls: dict[str, list[float]] = {label: [] for label, _ in ways}
     cpus: dict[str, list[float]] = {label: [] for label, _ in ways}
-    for _ in range(5):
+    await through_sdk()  # its own connections, opened before timing
+    for _ in range(9):
         for label, make in ways:
             cpu = time.process_time()
             walls[label].append(await timed(make))
@@ -190,6 +206,7 @@ async def floors(base_url: str) -> None:
         cpu_ms = statistics.median(cpus[label])
         print(f"  {label:<34} ratio {ratio:>5.2f}   client CPU {cpu_ms:.2f} ms/request")
     await client.aclose()
+    await sdk.close()
 
 
 class InstantClient:

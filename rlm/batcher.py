@@ -343,10 +343,15 @@ class Batcher:
         session, model = batch.session, batch.model
         started = time.monotonic()
         tries = 0
+        scheduler = self.scheduler
         while True:
-            async with self.scheduler.slot(
+            # acquire/release, not the scheduler's ``slot()`` context manager: this
+            # runs per request, and the generator-based manager was about 2 of the
+            # batcher's 10 µs a call (instant client, 100 wide).
+            await scheduler.acquire(
                 session.tenant, session.session_id, session.limits.max_concurrent
-            ):
+            )
+            try:
                 if session.tokens_exhausted():
                     return _BUDGET_SPENT
                 tries += 1
@@ -368,6 +373,8 @@ class Batcher:
                     self._count_call(batch, answer, time.monotonic() - call_started)
                     return answer
                 self._count_seconds(batch, time.monotonic() - call_started)
+            finally:
+                scheduler.release(session.tenant, session.session_id)
             if failure.kind == "rate_limit" and self.adaptive and self.limiter.on_overload(epoch):
                 session.event("concurrency_cut", model=model, concurrency=self.concurrency)
             elapsed = time.monotonic() - started
