@@ -109,7 +109,7 @@ async def speedups(base_url: str, quick: bool) -> None:
             session = new_session(c)
             ideal = math.ceil(n / c) * LATENCY
             # Short runs are repeated and the median kept: this machine is shared.
-            repeats = 3 if ideal <= 1.0 else 1
+            repeats = 5 if ideal <= 1.0 else 1
             if c == 1:
                 how = f"llm_query x{n}"
 
