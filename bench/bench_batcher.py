@@ -1,14 +1,20 @@
 """How much faster llm_batch is than llm_query in a loop, and what the batcher costs.
 
-Run: ``.venv/bin/python bench/bench_batcher.py`` (about two minutes; ``--quick`` skips
-the sequential N=100 run and the largest batches).
+Run: ``.venv/bin/python bench/bench_batcher.py`` (about a minute and a half;
+``--quick`` skips the sequential N=100 run and the largest batches).
 
 Against the offline model server at 200 ms latency it prints, for N = 3, 10, 100 and
 1000 prompts, the wall time of N sequential ``llm_query`` calls and of one
 ``llm_batch`` at several ``max_concurrent`` c, each as a ratio of the ideal
 ⌈N/c⌉·L (L = 200 ms; sequential is the batch with c = 1). Sequential N = 1000
-would take 200 s and is left out. Then, at zero latency, the batcher's own cost per
-call: the same calls made through the batcher and straight through the client.
+would take 200 s and is left out. Each batch runs on c connections opened just
+before it, as in a run whose batches follow each other within the keep-alive.
+
+Then, at N = c = 100, the same requests made five ways side by side: raw sockets
+(what the server and the kernel alone allow), the openai SDK's own client, the bare
+``ModelClient``, the batcher, and the batcher on new connections. Last, at zero
+latency, the batcher's own cost per call: the same calls made through the batcher
+and straight through the client.
 
 The server runs in a process of its own, as a provider would: in a thread of this
 process it would compete with the client for the GIL and the benchmark would time
@@ -122,6 +128,8 @@ async def speedups(base_url: str, quick: bool) -> None:
                 wall = await median_of(repeats, loop)
             else:
                 how = f"llm_batch c={c}"
+                # Steady state: the connections a run's earlier batches left open.
+                await warm(batcher, c)
                 wall = await median_of(
                     repeats, lambda p=prompts, s=session, c=c: batcher.run(s, SUB, p, c)
                 )
@@ -185,13 +193,22 @@ async def floors(base_url: str) -> None:
     async def batched() -> None:
         await batcher.run(new_session(width), SUB, [f"b{i}" for i in range(n)], width)
 
+    cold_clients: list[ModelClient] = []
+
+    async def cold() -> None:
+        fresh = ModelClient(api_key="bench", base_url=base_url, timeout=60)
+        cold_clients.append(fresh)  # closed after timing
+        cold_batcher = Batcher(fresh, max_concurrent=1000, dedup=False)
+        await cold_batcher.run(new_session(width), SUB, [f"c{i}" for i in range(n)], width)
+
     print()
-    print(f"N = {n}, c = {width}: the same {n} requests made four ways (interleaved, median of 9)")
+    print(f"N = {n}, c = {width}: the same {n} requests made five ways (interleaved, median of 9)")
     ways = (
         ("raw HTTP/1.1 on asyncio sockets", raw),
         ("openai SDK create() x100, gathered", through_sdk),
         ("ModelClient.chat x100, gathered", direct),
         ("Batcher.run (llm_batch)", batched),
+        ("Batcher.run on new connections", cold),
     )
     walls: dict[str, list[float]] = {label: [] for label, _ in ways}
     cpus: dict[str, list[float]] = {label: [] for label, _ in ways}
@@ -201,6 +218,9 @@ async def floors(base_url: str) -> None:
             cpu = time.process_time()
             walls[label].append(await timed(make))
             cpus[label].append((time.process_time() - cpu) / n * 1000)
+        for fresh in cold_clients:
+            await fresh.aclose()
+        cold_clients.clear()
     for label, _ in ways:
         ratio = statistics.median(walls[label]) / LATENCY
         cpu_ms = statistics.median(cpus[label])

@@ -136,7 +136,9 @@ class OfflineModelServer:
             interface="asgi3",
             access_log=False,
             backlog=2048,
-            timeout_keep_alive=30,
+            # Longer than the client keeps idle connections (rlm.transport), so
+            # the client, not the server, is the one to drop them.
+            timeout_keep_alive=75,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
