@@ -153,3 +153,16 @@ async def test_no_failure_message_carries_the_key(server: OfflineModelServer) ->
     for failure in failures:
         chain = "".join(traceback.format_exception(failure))
         assert key not in chain
+
+
+async def test_a_redirect_is_not_followed_with_the_key(server: OfflineModelServer) -> None:
+    with OfflineModelServer() as elsewhere:
+        server.add_fault(Fault(status=307, location=f"{elsewhere.base_url}/chat/completions"))
+        client = ModelClient(api_key="sk-stays-here", base_url=server.base_url)
+        try:
+            with pytest.raises(ModelCallFailure) as caught:
+                await client.chat("sub", MESSAGES)
+        finally:
+            await client.aclose()
+        assert caught.value.kind == "bad_request" and caught.value.status == 307
+        assert elsewhere.stats.requests == 0 and not elsewhere.stats.user_agents

@@ -50,7 +50,8 @@ class Fault:
 
     ``status`` 0 means hang until the client gives up; ``match`` is a substring of
     the last message's text (None matches every request); ``model`` limits the rule
-    to one model name.
+    to one model name; ``location`` is sent as a ``Location`` header (with a 3xx
+    status, a redirect).
     """
 
     status: int = 500
@@ -58,6 +59,7 @@ class Fault:
     retry_after: float | None = None
     match: str | None = None
     model: str | None = None
+    location: str | None = None
 
 
 @dataclass
@@ -249,10 +251,10 @@ class OfflineModelServer:
         send: Send,
     ) -> None:
         delay = self.latency
-        status, retry_after = 200, None
+        status, retry_after, location = 200, None, None
         fault = self._take_fault(model, text)
         if fault is not None:
-            status, retry_after = fault.status, fault.retry_after
+            status, retry_after, location = fault.status, fault.retry_after, fault.location
         malformed = False
         for kind, arg in _MARKER.findall(text):
             if kind == "malformed":
@@ -271,6 +273,8 @@ class OfflineModelServer:
         if status != 200:
             self.stats.by_status[status] += 1
             headers = [] if retry_after is None else [(b"retry-after", f"{retry_after:g}".encode())]
+            if location is not None:
+                headers.append((b"location", location.encode()))
             kind = "rate_limit_exceeded" if status == 429 else "server_error"
             await _json(
                 send, status, {"error": {"message": f"injected {status}", "type": kind}}, headers
