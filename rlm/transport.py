@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -47,6 +47,22 @@ def environment_proxy(url: str) -> str | None:
     return urllib.request.getproxies_environment().get(parts.scheme)
 
 
+async def _closed_with_its_loop(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Close ``session`` when its event loop shuts down, if nobody did before.
+
+    Started once in the loop, this generator is left suspended; ``asyncio.run`` (and
+    ``anyio.run``) finalize such generators inside the loop before closing it
+    (``loop.shutdown_asyncgens``), which runs the ``finally`` while the session's
+    connections can still be closed. Without it, a client shared across
+    ``RLM.completion()`` calls would leave each loop's connections to the garbage
+    collector, with aiohttp's "Unclosed client session" errors.
+    """
+    try:
+        yield
+    finally:
+        await session.close()
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """An HTTP answer, whatever its status."""
@@ -60,9 +76,10 @@ class HTTPPool:
     """Keep-alive connections for JSON POSTs, many at once.
 
     The pool is opened in the event loop that first uses it and belongs to that
-    loop (aiohttp's connections are bound to one). Once that loop has closed, as
-    after each ``RLM.completion()``, the next use opens a fresh pool in the new
-    loop; using it from two live loops at once is refused with a clear error.
+    loop (aiohttp's connections are bound to one); its connections are closed when
+    that loop shuts down. After that, as after each ``RLM.completion()``, the next
+    use opens a fresh pool in the new loop; using it from two live loops at once is
+    refused with a clear error.
 
     A request that is cancelled while in flight closes its connection, so the server
     sees the client go away (the batcher relies on this to stop paid work).
@@ -89,12 +106,13 @@ class HTTPPool:
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closer: AsyncGenerator[None, None] | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._closed = False
         #: Requests sent whose answer has not been read yet.
         self.in_flight = 0
 
-    def _open(self) -> aiohttp.ClientSession:
+    async def _open(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("this HTTP pool is closed")
         loop = asyncio.get_running_loop()
@@ -105,8 +123,8 @@ class HTTPPool:
                 "this model client is in use by another running event loop; "
                 "make one ModelClient (and Batcher) per event loop"
             )
-        # A pool from a loop that has ended holds only dead connections.
-        self._session = aiohttp.ClientSession(
+        # A pool from a loop that has ended was closed with it (see above).
+        self._session = session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=self._max_connections,
                 keepalive_timeout=self._keepalive_expiry,
@@ -115,7 +133,9 @@ class HTTPPool:
             proxy=self._proxy,
         )
         self._loop = loop
-        return self._session
+        self._closer = _closed_with_its_loop(session)
+        await self._closer.asend(None)
+        return session
 
     def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         timeout = self._timeouts.get(seconds)
@@ -125,7 +145,9 @@ class HTTPPool:
 
     async def post(self, url: str, body: bytes, *, timeout: float) -> Reply:
         """POST ``body`` (JSON) to ``url``; the reply is read whole within ``timeout``."""
-        session = self._open()
+        session = self._session
+        if session is None or self._loop is not asyncio.get_running_loop():
+            session = await self._open()
         self.in_flight += 1
         try:
             # No redirects, as with the SDK: a provider that redirects is misconfigured,
@@ -149,6 +171,6 @@ class HTTPPool:
     async def aclose(self) -> None:
         """Close the connections; the pool cannot be used again."""
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None and self._loop is asyncio.get_running_loop():
-            await session.close()
+        closer, self._closer, self._session = self._closer, None, None
+        if closer is not None and self._loop is asyncio.get_running_loop():
+            await closer.aclose()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import warnings
 
 import anyio
 import pytest
@@ -85,13 +87,20 @@ async def test_a_cancelled_request_drops_its_connection() -> None:
 
 
 def test_a_client_outlives_its_event_loop() -> None:
-    # RLM.completion() runs a loop per call; a shared client must work in the next one.
-    with OfflineModelServer() as server:
+    # RLM.completion() runs a loop per call; a shared client must work in the next
+    # one, and each loop's connections are closed with it, not left to the GC.
+    with OfflineModelServer() as server, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
         client = ModelClient(api_key="test", base_url=server.base_url)
         assert asyncio.run(client.chat("sub", ask(1))).text == "echo: q1"
         assert asyncio.run(client.chat("sub", ask(2))).text == "echo: q2"
+        gc.collect()
         asyncio.run(client.aclose())
+        gc.collect()
     assert server.stats.completed == 2
+    assert len(server.stats.connections) == 2
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
 
 
 def test_two_live_loops_cannot_share_a_client() -> None:
