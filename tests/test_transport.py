@@ -21,7 +21,9 @@ def ask(i: int | str) -> list[dict[str, str]]:
 
 async def test_a_wide_burst_is_not_capped_by_the_pool() -> None:
     # aiohttp's own default is 100 connections; a batch of 150 must not queue behind it.
-    with OfflineModelServer(latency=0.3) as server:
+    # A second at the server, so all 150 arrive before the first answers, however
+    # slowly a loaded machine opens the connections.
+    with OfflineModelServer(latency=1.0) as server:
         client = ModelClient(api_key="test", base_url=server.base_url)
         try:
             async with anyio.create_task_group() as tg:
