@@ -15,6 +15,19 @@ from rlm.testing import Fault, OfflineModelServer
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
+async def failure_of(
+    base_url: str, prompt: str = "hello", *, api_key: str = "k", timeout: float = 120.0
+) -> ModelCallFailure:
+    """The failure one chat call ends in (the test fails if it succeeds)."""
+    client = ModelClient(api_key=api_key, base_url=base_url, timeout=timeout)
+    try:
+        with pytest.raises(ModelCallFailure) as caught:
+            await client.chat("sub", [{"role": "user", "content": prompt}])
+    finally:
+        await client.aclose()
+    return caught.value
+
+
 async def test_chat_returns_text_and_usage(server: OfflineModelServer) -> None:
     client = ModelClient(api_key="k", base_url=server.base_url)
     try:
@@ -61,43 +74,28 @@ async def test_status_errors_are_classified(
     server: OfflineModelServer, fault: Fault, kind: str, retryable: bool
 ) -> None:
     server.add_fault(fault)
-    client = ModelClient(api_key="k", base_url=server.base_url)
-    try:
-        with pytest.raises(ModelCallFailure) as caught:
-            await client.chat("sub", MESSAGES)
-    finally:
-        await client.aclose()
-    assert caught.value.kind == kind
-    assert caught.value.status == fault.status
-    assert caught.value.retryable is retryable
+    failure = await failure_of(server.base_url)
+    assert failure.kind == kind
+    assert failure.status == fault.status
+    assert failure.retryable is retryable
     if fault.retry_after is not None:
-        assert caught.value.retry_after == fault.retry_after
+        assert failure.retry_after == fault.retry_after
 
 
 async def test_hanging_server_times_out_and_the_request_is_dropped(
     server: OfflineModelServer,
 ) -> None:
     server.add_fault(Fault(status=0))
-    client = ModelClient(api_key="k", base_url=server.base_url, timeout=0.3)
-    try:
-        with pytest.raises(ModelCallFailure) as caught:
-            await client.chat("sub", MESSAGES)
-    finally:
-        await client.aclose()
-    assert caught.value.kind == "timeout" and caught.value.retryable
+    failure = await failure_of(server.base_url, timeout=0.3)
+    assert failure.kind == "timeout" and failure.retryable
 
 
 async def test_unreachable_server_says_what_to_check() -> None:
     with socket.socket() as sock:  # a loopback port with nobody listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = ModelClient(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", timeout=2)
-    try:
-        with pytest.raises(ModelCallFailure, match="OPENAI_BASE_URL") as caught:
-            await client.chat("sub", MESSAGES)
-    finally:
-        await client.aclose()
-    assert caught.value.kind == "connection"
+    failure = await failure_of(f"http://127.0.0.1:{port}/v1", timeout=2)
+    assert failure.kind == "connection" and "OPENAI_BASE_URL" in str(failure)
 
 
 async def test_stream_yields_deltas_then_the_whole_result(server: OfflineModelServer) -> None:
@@ -116,18 +114,14 @@ async def test_stream_yields_deltas_then_the_whole_result(server: OfflineModelSe
 
 
 async def test_a_malformed_completion_is_a_clear_failure(server: OfflineModelServer) -> None:
-    client = ModelClient(api_key="k", base_url=server.base_url)
-    try:
-        with pytest.raises(ModelCallFailure, match="malformed completion") as caught:
-            await client.chat("sub", [{"role": "user", "content": "x [[malformed]]"}])
-    finally:
-        await client.aclose()
-    assert caught.value.kind == "bad_response" and not caught.value.retryable
+    failure = await failure_of(server.base_url, "x [[malformed]]")
+    assert "malformed completion" in str(failure)
+    assert failure.kind == "bad_response" and not failure.retryable
 
 
 async def test_no_failure_message_carries_the_key(server: OfflineModelServer) -> None:
     key = "sk-canary-3f9a1c"
-    failures: list[BaseException] = []
+    failures: list[ModelCallFailure] = []
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         nobody = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
@@ -141,14 +135,8 @@ async def test_no_failure_message_carries_the_key(server: OfflineModelServer) ->
     ):
         if fault is not None:
             server.add_fault(fault)
-        client = ModelClient(api_key=key, base_url=base_url, timeout=0.5)
-        try:
-            with pytest.raises(ModelCallFailure) as caught:
-                await client.chat("sub", [{"role": "user", "content": prompt}])
-        finally:
-            await client.aclose()
-        failures.append(caught.value)
-    kinds = [f.kind for f in failures]  # type: ignore[attr-defined]
+        failures.append(await failure_of(base_url, prompt, api_key=key, timeout=0.5))
+    kinds = [f.kind for f in failures]
     assert kinds == ["connection", "timeout", "auth", "server", "bad_request", "bad_response"]
     for failure in failures:
         chain = "".join(traceback.format_exception(failure))
@@ -158,11 +146,6 @@ async def test_no_failure_message_carries_the_key(server: OfflineModelServer) ->
 async def test_a_redirect_is_not_followed_with_the_key(server: OfflineModelServer) -> None:
     with OfflineModelServer() as elsewhere:
         server.add_fault(Fault(status=307, location=f"{elsewhere.base_url}/chat/completions"))
-        client = ModelClient(api_key="sk-stays-here", base_url=server.base_url)
-        try:
-            with pytest.raises(ModelCallFailure) as caught:
-                await client.chat("sub", MESSAGES)
-        finally:
-            await client.aclose()
-        assert caught.value.kind == "bad_request" and caught.value.status == 307
+        failure = await failure_of(server.base_url, api_key="sk-stays-here")
+        assert failure.kind == "bad_request" and failure.status == 307
         assert elsewhere.stats.requests == 0 and not elsewhere.stats.user_agents
