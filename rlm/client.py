@@ -96,6 +96,15 @@ def failure_for_status(
             status=status,
             retry_after=_retry_after(headers),
         )
+    if 300 <= status < 400:
+        where = (headers.get("location") or "")[:200] if headers is not None else ""
+        return ModelCallFailure(
+            f"the model server redirected the request ({status}"
+            f"{f' to {where}' if where else ''}); redirects are not followed, so that "
+            "the API key goes nowhere else: set OPENAI_BASE_URL to the final address",
+            kind="bad_request",
+            status=status,
+        )
     lowered = detail.lower()
     kind = "context_length" if "context" in lowered and "length" in lowered else "bad_request"
     return ModelCallFailure(

@@ -148,4 +148,5 @@ async def test_a_redirect_is_not_followed_with_the_key(server: OfflineModelServe
         server.add_fault(Fault(status=307, location=f"{elsewhere.base_url}/chat/completions"))
         failure = await failure_of(server.base_url, api_key="sk-stays-here")
         assert failure.kind == "bad_request" and failure.status == 307
+        assert "OPENAI_BASE_URL" in str(failure) and elsewhere.base_url in str(failure)
         assert elsewhere.stats.requests == 0 and not elsewhere.stats.user_agents
