@@ -72,6 +72,25 @@ async def run(box: RestrictedSandbox, code: str, timeout: float = 10.0) -> Any:
     return await box.execute(code, timeout)
 
 
+async def run_beside_a_ticker(
+    box: RestrictedSandbox, code: str, timeout: float, every: float
+) -> tuple[Any, int]:
+    """Run a cell while a task ticks every ``every`` s: the ticks show the loop ran."""
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(every)
+            ticks += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        result = await run(box, code, timeout=timeout)
+        tg.cancel_scope.cancel()
+    return result, ticks
+
+
 async def refused(box: RestrictedSandbox, code: str, timeout: float = 10.0) -> str:
     """Run an attack: it must end in an error, without printing the marker."""
     result = await run(box, code, timeout)
@@ -617,18 +636,7 @@ def test_every_reachable_container_is_the_models_own() -> None:
 
 async def test_infinite_loop_is_stopped_and_the_session_survives(box: RestrictedSandbox) -> None:
     await run(box, "kept = 'still here'")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await anyio.sleep(0.02)
-            ticks += 1
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        result = await run(box, "while True:\n    pass", timeout=0.5)
-        tg.cancel_scope.cancel()
+    result, ticks = await run_beside_a_ticker(box, "while True:\n    pass", 0.5, every=0.02)
     assert result.timed_out and not result.state_lost
     assert result.error is not None and "time limit" in result.error
     assert ticks > 0  # the event loop kept running meanwhile
@@ -683,18 +691,7 @@ async def test_runaway_cells_are_stopped(box: RestrictedSandbox, code: str) -> N
 async def test_catastrophic_regexes_stop_without_freezing_the_host(
     box: RestrictedSandbox, code: str
 ) -> None:
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await anyio.sleep(0.05)
-            ticks += 1
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        result = await run(box, code, timeout=1.0)
-        tg.cancel_scope.cancel()
+    result, ticks = await run_beside_a_ticker(box, code, 1.0, every=0.05)
     assert result.timed_out and not result.state_lost, result
     assert ticks >= 5  # the event loop ran while the regex did
     assert (await run(box, "print('ok')")).stdout == "ok\n"
