@@ -113,6 +113,7 @@ class HTTPPool:
         self.in_flight = 0
 
     async def _open(self) -> aiohttp.ClientSession:
+        """The running loop's session, opened on its first request."""
         if self._closed:
             raise RuntimeError("this HTTP pool is closed")
         loop = asyncio.get_running_loop()
@@ -145,9 +146,7 @@ class HTTPPool:
 
     async def post(self, url: str, body: bytes, *, timeout: float) -> Reply:
         """POST ``body`` (JSON) to ``url``; the reply is read whole within ``timeout``."""
-        session = self._session
-        if session is None or self._loop is not asyncio.get_running_loop():
-            session = await self._open()
+        session = await self._open()
         self.in_flight += 1
         try:
             # No redirects, as with the SDK: a provider that redirects is misconfigured,
