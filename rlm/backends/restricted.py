@@ -403,10 +403,10 @@ class RestrictedSandbox(Sandbox):
         self._started()
         if not isinstance(context, (str, list, dict)):
             raise TypeError(f"context must be a str, list or dict, not {type(context).__name__}")
-        plain_context(context)  # refuse what is not JSON-like before binding anything
+        plain = plain_context(context)  # refuse what is not JSON-like before binding anything
         self._context = context
         assert self._epoch is not None
-        self._epoch.namespace["context"] = plain_context(context)
+        self._epoch.namespace["context"] = plain
 
     async def close(self) -> None:
         if self._closed:
@@ -504,7 +504,7 @@ class RestrictedSandbox(Sandbox):
         """Run ``job`` on its own thread within ``timeout``; returns (stop reason, state lost)."""
         epoch = run.epoch
         epoch.guards.stop = None
-        epoch.guards.deadline = time.monotonic() + max(timeout, 0.0)
+        deadline = epoch.guards.deadline = time.monotonic() + max(timeout, 0.0)
         epoch.guards.output = type(epoch.guards.output)(self.output_limit)
         self._run = run
         watchdog = _Watchdog(run, self.memory_limit_bytes) if watch_memory else None
@@ -513,7 +513,6 @@ class RestrictedSandbox(Sandbox):
             run.start(job)
             if watchdog is not None:
                 watchdog.start()
-            deadline = time.monotonic() + max(timeout, 0.0)
             while not run.over and time.monotonic() < deadline:
                 # The event is set by the thread as it ends; the short wait only
                 # matters if the thread died before it could say so.
