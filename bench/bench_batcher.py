@@ -18,7 +18,10 @@ and straight through the client.
 
 The server runs in a process of its own, as a provider would: in a thread of this
 process it would compete with the client for the GIL and the benchmark would time
-the server as much as the batcher.
+the server as much as the batcher. On a machine with two or more CPUs that process
+is pinned to one CPU and this one to the others, as a provider runs on machines of
+its own: left to the scheduler, the two processes that wake each other share a CPU
+at times, and the batch waits for the server's turn (bench/README.md).
 """
 
 from __future__ import annotations
@@ -46,9 +49,21 @@ LATENCY = 0.2
 SUB = "sub-bench"
 
 
-def _serve(conn: Connection, latency: float) -> None:
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """CPUs for (this process, the server), or None with fewer than two to split."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def _serve(conn: Connection, latency: float, cpus: set[int] | None) -> None:
     from rlm.testing import OfflineModelServer
 
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     with OfflineModelServer(latency=latency) as server:
         conn.send(server.base_url)
         conn.recv()  # until the parent says stop (or goes away)
@@ -56,16 +71,23 @@ def _serve(conn: Connection, latency: float) -> None:
 
 @contextmanager
 def server_process(latency: float) -> Iterator[str]:
+    """The offline server in a process (and, if there are CPUs to split, a CPU) of its own."""
+    split = split_cpus()
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(child, latency), daemon=True
+        target=_serve, args=(child, latency, split and split[1]), daemon=True
     )
     process.start()
+    ours = os.sched_getaffinity(0) if split else None
     try:
         if not parent.poll(30):
             raise RuntimeError("the offline server did not start")
+        if split:
+            os.sched_setaffinity(0, split[0])
         yield parent.recv()
     finally:
+        if ours is not None:
+            os.sched_setaffinity(0, ours)
         parent.send("stop")
         process.join(10)
         if process.is_alive():
@@ -304,6 +326,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the longest runs")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    split = split_cpus()
+    if split:
+        print(f"client on CPUs {sorted(split[0])}, offline server on CPU {min(split[1])}")
+    else:
+        print("one CPU: the client and the offline server share it")
     with server_process(LATENCY) as url:
         asyncio.run(speedups(url, args.quick))
         asyncio.run(floors(url))
