@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from rlm.batcher import Batcher, SubResult
 from rlm.cache import DiskCache, MemoryCache
-from rlm.client import ModelClient
+from rlm.client import ChatResult, ModelClient
 from rlm.dispatch import SessionBridge
 from rlm.retry import RetryPolicy
 from rlm.session import SessionLimits, SessionState
@@ -426,6 +427,29 @@ async def test_concurrency_limits_hold_at_the_server(
     assert batcher.stats()["max_in_flight"] == expected
     assert batcher.stats()["in_flight"] == 0
     assert server.stats.completed == 120
+
+
+async def test_a_wide_batch_sends_its_first_requests_before_the_last_are_built() -> None:
+    # aiohttp sends a request's body from a task that runs a loop turn after the
+    # request is built; the batcher starts its workers a group per turn, so the first
+    # requests are on the wire while later ones are built (bench/README.md).
+    built = 0
+    built_when_sent: list[int] = []
+
+    class TurnRecordingClient:
+        async def chat(self, model: str, messages: list[dict[str, str]], **_: Any) -> ChatResult:
+            nonlocal built
+            built += 1
+            await asyncio.sleep(0)  # the turn after which aiohttp would send
+            built_when_sent.append(built)
+            return ChatResult(text="ok", prompt_tokens=1, completion_tokens=1)
+
+    batcher = Batcher(TurnRecordingClient(), dedup=False)  # type: ignore[arg-type]
+    prompts = [str(i) for i in range(100)]
+    results = await batcher.run(session(max_concurrent=100), SUB, prompts, 100)
+    assert texts(results) == ["ok"] * 100
+    # Started all in one turn, every request would be built before the first is sent.
+    assert built_when_sent[0] <= 40
 
 
 async def test_a_single_call_is_not_starved_by_a_huge_batch() -> None:
