@@ -1,7 +1,9 @@
-"""Every ``rlm`` command, run as the installed console script in a real process."""
+"""Every ``rlm`` command, run as the installed console script in a real process
+(and once in this one, where its garbage collector can be seen)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rlm import cli
 from rlm.demo import make_haystack
 from rlm.testing import OfflineModelServer
 from tests.conftest import ROOT_MODEL, SUB_MODEL
@@ -96,6 +99,26 @@ def test_run_reads_json_contexts_and_shows_progress(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "x"
     assert "iteration 1" in proc.stderr and "llm_batch" in proc.stderr
+
+
+def test_run_freezes_the_start_up_heap_before_the_run(
+    server: OfflineModelServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process, as only there can the collector be seen: its full passes over the
+    # imported modules' objects paused a run mid-batch (bench/README.md).
+    context = tmp_path / "log.txt"
+    context.write_text(make_haystack(500).text)
+    for name, value in model_env(server).items():
+        monkeypatch.setenv(name, value)
+    gc.unfreeze()
+    try:
+        code = cli.main(
+            ["run", "--context", str(context), "--query", "q?", "--backend", "restricted", "--json"]
+        )
+        assert code == 0
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
 
 
 def test_run_without_a_key_is_one_clear_line(tmp_path: Path) -> None:
