@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import multiprocessing
@@ -59,35 +60,43 @@ def split_cpus() -> tuple[set[int], set[int]] | None:
     return set(cpus[:-1]), {cpus[-1]}
 
 
+@contextmanager
+def on_cpus(cpus: set[int] | None) -> Iterator[None]:
+    """Run this thread (the event loop's) on ``cpus`` for a while; None: as it is."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _serve(conn: Connection, latency: float, cpus: set[int] | None) -> None:
     from rlm.testing import OfflineModelServer
 
     if cpus is not None:
-        os.sched_setaffinity(0, cpus)
+        os.sched_setaffinity(0, cpus)  # before uvicorn's thread starts, which inherits it
     with OfflineModelServer(latency=latency) as server:
         conn.send(server.base_url)
         conn.recv()  # until the parent says stop (or goes away)
 
 
 @contextmanager
-def server_process(latency: float) -> Iterator[str]:
-    """The offline server in a process (and, if there are CPUs to split, a CPU) of its own."""
-    split = split_cpus()
+def server_process(latency: float, cpus: set[int] | None = None) -> Iterator[str]:
+    """The offline server in a process of its own, on ``cpus`` if given."""
     parent, child = multiprocessing.Pipe()
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(child, latency, split and split[1]), daemon=True
+        target=_serve, args=(child, latency, cpus), daemon=True
     )
     process.start()
-    ours = os.sched_getaffinity(0) if split else None
     try:
         if not parent.poll(30):
             raise RuntimeError("the offline server did not start")
-        if split:
-            os.sched_setaffinity(0, split[0])
         yield parent.recv()
     finally:
-        if ours is not None:
-            os.sched_setaffinity(0, ours)
         parent.send("stop")
         process.join(10)
         if process.is_alive():
@@ -137,7 +146,7 @@ async def speedups(base_url: str, quick: bool) -> None:
             session = new_session(c)
             ideal = math.ceil(n / c) * LATENCY
             # Short runs are repeated and the median kept: this machine is shared.
-            repeats = 5 if ideal <= 1.0 else 1
+            repeats = 9 if ideal <= 1.0 else 1
             if c == 1:
                 how = f"llm_query x{n}"
 
@@ -187,8 +196,12 @@ async def raw_http(base_url: str, n: int) -> Callable[[], Awaitable[None]]:
     return run
 
 
-async def floors(base_url: str) -> None:
-    """Where the time goes at N = 100, c = 100: server, HTTP client, batcher."""
+async def floors(base_url: str, unpinned: tuple[str, set[int]] | None) -> None:
+    """Where the time goes at N = 100, c = 100: server, HTTP client, batcher.
+
+    ``unpinned`` is a server left free to run on any CPU, and every CPU: its row is
+    the batcher with both processes left to the scheduler.
+    """
     n = width = 100
     client = ModelClient(api_key="bench", base_url=base_url, timeout=60)
     batcher = Batcher(client, max_concurrent=1000, dedup=False)
@@ -223,14 +236,30 @@ async def floors(base_url: str) -> None:
         cold_batcher = Batcher(fresh, max_concurrent=1000, dedup=False)
         await cold_batcher.run(new_session(width), SUB, [f"c{i}" for i in range(n)], width)
 
-    print()
-    print(f"N = {n}, c = {width}: the same {n} requests made five ways (interleaved, median of 9)")
-    ways = (
+    ways: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("raw HTTP/1.1 on asyncio sockets", raw),
         ("openai SDK create() x100, gathered", through_sdk),
         ("ModelClient.chat x100, gathered", direct),
         ("Batcher.run (llm_batch)", batched),
         ("Batcher.run on new connections", cold),
+    ]
+    shared_client = None
+    if unpinned is not None:
+        shared_url, every_cpu = unpinned
+        shared_client = ModelClient(api_key="bench", base_url=shared_url, timeout=60)
+        shared_batcher = Batcher(shared_client, max_concurrent=1000, dedup=False)
+        await warm(shared_batcher, width)
+
+        async def shared() -> None:
+            with on_cpus(every_cpu):
+                prompts = [f"u{i}" for i in range(n)]
+                await shared_batcher.run(new_session(width), SUB, prompts, width)
+
+        ways.append(("Batcher.run, no CPU of its own", shared))
+    print()
+    print(
+        f"N = {n}, c = {width}: the same {n} requests made {len(ways)} ways "
+        "(interleaved, median of 9)"
     )
     walls: dict[str, list[float]] = {label: [] for label, _ in ways}
     cpus: dict[str, list[float]] = {label: [] for label, _ in ways}
@@ -249,6 +278,8 @@ async def floors(base_url: str) -> None:
         print(f"  {label:<34} ratio {ratio:>5.2f}   client CPU {cpu_ms:.2f} ms/request")
     await client.aclose()
     await sdk.close()
+    if shared_client is not None:
+        await shared_client.aclose()
 
 
 class InstantClient:
@@ -327,14 +358,23 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     split = split_cpus()
+    ours, servers = split if split else (None, None)
     if split:
         print(f"client on CPUs {sorted(split[0])}, offline server on CPU {min(split[1])}")
     else:
         print("one CPU: the client and the offline server share it")
-    with server_process(LATENCY) as url:
+    gc.freeze()  # as `rlm run` does before a run (rlm/cli.py)
+    every_cpu = os.sched_getaffinity(0) if split else set()
+    # Both servers start before this process is pinned: the second one, for the
+    # comparison, inherits every CPU.
+    with (
+        server_process(LATENCY, servers) as url,
+        server_process(LATENCY) as unpinned_url,
+        on_cpus(ours),
+    ):
         asyncio.run(speedups(url, args.quick))
-        asyncio.run(floors(url))
-    with server_process(0.0) as url:
+        asyncio.run(floors(url, (unpinned_url, every_cpu) if split else None))
+    with server_process(0.0, servers) as url, on_cpus(ours):
         asyncio.run(overhead(url, args.quick))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
