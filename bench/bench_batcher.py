@@ -10,9 +10,10 @@ Against the offline model server at 200 ms latency it prints, for N = 3, 10, 100
 would take 200 s and is left out. Each batch runs on c connections opened just
 before it, as in a run whose batches follow each other within the keep-alive.
 
-Then, at N = c = 100, the same requests made five ways side by side: raw sockets
+Then, at N = c = 100, the same requests made six ways side by side: raw sockets
 (what the server and the kernel alone allow), the openai SDK's own client, the bare
-``ModelClient``, the batcher, and the batcher on new connections. Last, at zero
+``ModelClient``, the batcher, the batcher on new connections, and the batcher with
+a server that has no CPU of its own (see below). Last, at zero
 latency, the batcher's own cost per call: the same calls made through the batcher
 and straight through the client.
 
@@ -21,7 +22,8 @@ process it would compete with the client for the GIL and the benchmark would tim
 the server as much as the batcher. On a machine with two or more CPUs that process
 is pinned to one CPU and this one to the others, as a provider runs on machines of
 its own: left to the scheduler, the two processes that wake each other share a CPU
-at times, and the batch waits for the server's turn (bench/README.md).
+at times, and the batch waits for the server's turn (bench/README.md). Like
+``rlm run``, the benchmark freezes its start-up heap first (rlm/cli.py).
 """
 
 from __future__ import annotations
