@@ -5,7 +5,7 @@ request sets how far apart they leave: at c = 100, every 0.1 ms a request costs
 adds about 5% to the batch's wall time (the last request leaves 100 × that after
 the first). bench/bench_batcher.py prints it side by side at N = c = 100: the
 openai SDK's own ``chat.completions.create`` costs about 2.3 ms of CPU a request
-(ratio to the ideal 2.09), and a completion posted here 0.15 ms (1.09). The SDK's
+(ratio to the ideal 2.11), and a completion posted here 0.13 ms (1.07). The SDK's
 share is the building of each request (options, models, URL parsing, header
 merging) before a byte is sent.
 
