@@ -79,7 +79,7 @@ _Outcome = ChatResult | ModelCallFailure
 #: until then. A turn per group puts each group on the wire while the next is built;
 #: groups rather than single workers, as each send that wakes an idle server costs
 #: the sender. Measured interleaved at N = c = 100 (bench/README.md): ratio to the
-#: ideal 1.094 → 1.067.
+#: ideal 1.090 → 1.064.
 _START_GROUP = 20
 
 
