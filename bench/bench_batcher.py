@@ -38,7 +38,7 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -359,23 +359,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the longest runs")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    split = split_cpus()
-    ours, servers = split if split else (None, None)
-    if split:
-        print(f"client on CPUs {sorted(split[0])}, offline server on CPU {min(split[1])}")
+    ours, servers = split_cpus() or (None, None)
+    if ours is not None and servers is not None:
+        print(f"client on CPUs {sorted(ours)}, offline server on CPU {min(servers)}")
     else:
         print("one CPU: the client and the offline server share it")
     gc.freeze()  # as `rlm run` does before a run (rlm/cli.py)
-    every_cpu = os.sched_getaffinity(0) if split else set()
-    # Both servers start before this process is pinned: the second one, for the
-    # comparison, inherits every CPU.
-    with (
-        server_process(LATENCY, servers) as url,
-        server_process(LATENCY) as unpinned_url,
-        on_cpus(ours),
-    ):
+    with ExitStack() as stack:
+        url = stack.enter_context(server_process(LATENCY, servers))
+        unpinned = None
+        if ours is not None:
+            # Started before this process is pinned, so that it inherits every CPU.
+            every_cpu = os.sched_getaffinity(0)
+            unpinned = (stack.enter_context(server_process(LATENCY)), every_cpu)
+        stack.enter_context(on_cpus(ours))
         asyncio.run(speedups(url, args.quick))
-        asyncio.run(floors(url, (unpinned_url, every_cpu) if split else None))
+        asyncio.run(floors(url, unpinned))
     with server_process(0.0, servers) as url, on_cpus(ours):
         asyncio.run(overhead(url, args.quick))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
