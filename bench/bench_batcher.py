@@ -44,9 +44,9 @@ from typing import Any
 
 import openai
 
-from rlm.batcher import Batcher
-from rlm.client import ChatResult, ModelClient
+from rlm.provider.client import ChatResult, ModelClient
 from rlm.session import SessionLimits, SessionState
+from rlm.subcalls.batcher import Batcher
 
 LATENCY = 0.2
 SUB = "sub-bench"

@@ -20,9 +20,9 @@ import anyio
 
 from rlm.backends.docker import ContainerSpec, DockerSandbox, _client, launch
 from rlm.backends.pool import ContainerPool
-from rlm.batcher import SubResult
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 from rlm.session import SessionState
+from rlm.subcalls.batcher import SubResult
 
 
 class InstantBatcher:

@@ -269,10 +269,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 async def _exec(config: RLMConfig, code: str, timeout: float) -> tuple[Any, str]:
     from rlm.backends import create_sandbox, resolve_backend
-    from rlm.batcher import Batcher
-    from rlm.client import ModelClient
-    from rlm.dispatch import SessionBridge
+    from rlm.bridge import SessionBridge
+    from rlm.provider.client import ModelClient
     from rlm.session import SessionState
+    from rlm.subcalls.batcher import Batcher
 
     client = None
     batcher: Any = _NoModel()
@@ -334,7 +334,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _restricted_check() -> tuple[str, bool, str]:
     from rlm.backends.restricted import RestrictedSandbox
-    from rlm.dispatch import SessionBridge
+    from rlm.bridge import SessionBridge
     from rlm.session import SessionState
 
     async def probe() -> str:

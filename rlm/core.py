@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from rlm.backends import CellResult, Sandbox, create_sandbox, resolve_backend
-from rlm.batcher import Batcher
-from rlm.client import ChatResult, ModelCallFailure, ModelClient
+from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
-from rlm.dispatch import SessionBridge
 from rlm.errors import ConfigurationError, VariableNotFound
 from rlm.parsing import parse_reply
 from rlm.prompts import (
@@ -24,9 +22,11 @@ from rlm.prompts import (
     first_message,
     missing_variable,
 )
+from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.result import RLMResult
-from rlm.retry import RetryPolicy
 from rlm.session import SessionState
+from rlm.subcalls.batcher import Batcher
+from rlm.subcalls.retry import RetryPolicy
 from rlm.trajectory import Trajectory
 
 if TYPE_CHECKING:

@@ -1,17 +1,16 @@
-"""Shared fixtures: the offline model server over real HTTP, and configs pointing at it."""
+"""Shared fixtures: no ambient configuration, the offline model server over real HTTP,
+and the Docker engine with an up-to-date sandbox image."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from rlm.config import RLMConfig
 from rlm.testing import OfflineModelServer
-
-ROOT_MODEL = "root-test"
-SUB_MODEL = "sub-test"
+from tests.support import IMAGE
 
 
 @pytest.fixture(autouse=True)
@@ -40,18 +39,35 @@ def server() -> Iterator[OfflineModelServer]:
         yield srv
 
 
-def make_config(server: OfflineModelServer, **overrides: object) -> RLMConfig:
-    settings: dict[str, object] = {
-        "api_key": "test-key",
-        "base_url": server.base_url,
-        "model": ROOT_MODEL,
-        "sub_model": SUB_MODEL,
-        "backend": "restricted",
-        "cell_timeout": 10.0,
-        "request_timeout": 10.0,
-    }
-    settings.update(overrides)
-    return RLMConfig(**settings).checked()  # type: ignore[arg-type]
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """The engine, with the sandbox image built from this checkout's runner.
+
+    Nothing skips: without a working engine the Docker tests fail with what to run
+    (scripts/setup-docker.sh), as they must in CI.
+    """
+    import docker
+
+    from rlm.image import OFFLINE_BASE, build_image, image_is_current
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"the Docker tests need a running engine ({exc}); run scripts/setup-docker.sh",
+            pytrace=False,
+        )
+    if not image_is_current(IMAGE, client):
+        # Rebuilding is cheap (cached layers) and keeps the tests on this runner.
+        try:
+            client.images.get(OFFLINE_BASE)
+            offline = True
+        except docker.errors.ImageNotFound:
+            offline = False
+        build_image(IMAGE, offline=offline, docker_client=client, log=lambda _line: None)
+    yield client
+    client.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

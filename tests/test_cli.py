@@ -15,7 +15,7 @@ import pytest
 from rlm import cli
 from rlm.demo import make_haystack
 from rlm.testing import OfflineModelServer
-from tests.conftest import ROOT_MODEL, SUB_MODEL
+from tests.support import ROOT_MODEL, SUB_MODEL
 
 RLM = str(Path(sys.executable).parent / "rlm")
 

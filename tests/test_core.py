@@ -11,7 +11,7 @@ import pytest
 from rlm import RLM, ModelCallError
 from rlm.demo import make_haystack
 from rlm.testing import Fault, OfflineModelServer
-from tests.conftest import ROOT_MODEL, SUB_MODEL, make_config
+from tests.support import ROOT_MODEL, SUB_MODEL, make_config
 
 BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -209,8 +209,8 @@ def test_sync_completion_wraps_the_async_one(server: OfflineModelServer) -> None
 async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineModelServer) -> None:
     from rlm.backends.docker import ContainerSpec
     from rlm.backends.pool import ContainerPool
-    from rlm.batcher import Batcher
-    from rlm.client import ModelClient
+    from rlm.provider.client import ModelClient
+    from rlm.subcalls.batcher import Batcher
 
     haystack = make_haystack(5_000)
     client = ModelClient(api_key="test-key", base_url=server.base_url)

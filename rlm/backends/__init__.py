@@ -1,7 +1,7 @@
 """Sandbox backends: where model-written code runs.
 
 Every backend implements :class:`~rlm.backends.base.Sandbox` and sends its sub-calls
-through the same :class:`~rlm.dispatch.SessionBridge`, so model code sees the same
+through the same :class:`~rlm.bridge.SessionBridge`, so model code sees the same
 ``llm_query`` / ``llm_batch`` whichever runs it.
 """
 
@@ -14,8 +14,8 @@ from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from rlm.backends.pool import ContainerPool
+    from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
-    from rlm.dispatch import SessionBridge
 
 __all__ = ["CellResult", "Sandbox", "create_sandbox", "resolve_backend"]
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 
 
 @dataclass

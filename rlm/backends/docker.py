@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from rlm.backends.pool import ContainerPool
+    from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
-    from rlm.dispatch import SessionBridge
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ from rlm.backends.restricted_guards import (
     compile_cell,
     sandbox_decimal_context,
 )
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 from rlm.errors import BridgeRefusal, SandboxError, VariableNotFound
 
 __all__ = ["RestrictedSandbox"]

@@ -1,8 +1,8 @@
 """Runs the corpus against a backend and judges every payload.
 
 The harness builds the real stack a deployment has -- the offline model server over
-real HTTP, a :class:`~rlm.client.ModelClient` whose API key is the canary, a real
-:class:`~rlm.batcher.Batcher` and a :class:`~rlm.dispatch.SessionBridge` per
+real HTTP, a :class:`~rlm.provider.client.ModelClient` whose API key is the canary, a real
+:class:`~rlm.subcalls.batcher.Batcher` and a :class:`~rlm.bridge.SessionBridge` per
 sandbox -- with the canary also in the host environment. Each payload then gets a
 fresh :class:`~rlm.session.SessionState` (so budgets are per payload) and is judged
 on what came back *and* on what the host saw: every bridge frame, the loopback
@@ -25,16 +25,16 @@ from typing import Any
 import anyio
 
 from rlm.backends.base import CellResult, Sandbox
-from rlm.batcher import Batcher
-from rlm.client import ModelClient
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 from rlm.errors import RLMError, VariableNotFound
-from rlm.retry import RetryPolicy
+from rlm.provider.client import ModelClient
 from rlm.security.corpus import MARKER, Expectation, Payload
 from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
 from rlm.security.report import PayloadResult, TargetReport
 from rlm.security.targets import Target
 from rlm.session import SessionLimits, SessionState
+from rlm.subcalls.batcher import Batcher
+from rlm.subcalls.retry import RetryPolicy
 from rlm.testing import OfflineModelServer
 
 SUB_MODEL = "sub"

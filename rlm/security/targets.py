@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlm.backends.base import Sandbox
+from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
-from rlm.dispatch import SessionBridge
 
 SandboxFactory = Callable[[SessionBridge], Sandbox]
 

@@ -142,7 +142,7 @@ class OfflineModelServer:
             server_header=False,
             date_header=False,
             backlog=2048,
-            # Longer than the client keeps idle connections (rlm.transport), so
+            # Longer than the client keeps idle connections (rlm.provider.transport), so
             # the client, not the server, is the one to drop them.
             timeout_keep_alive=75,
         )

@@ -34,7 +34,7 @@ from rlm.backends.pool import ContainerPool
 from rlm.config import RLMConfig
 from rlm.errors import ProtocolError, VariableNotFound
 from rlm.session import SessionLimits
-from tests.backends.conftest import IMAGE, RUNTIMES, FakeBatcher, make_bridge
+from tests.support import IMAGE, RUNTIMES, FakeBatcher, make_bridge
 
 pytestmark = pytest.mark.docker
 
@@ -542,8 +542,8 @@ async def test_a_forged_session_field_in_a_call_is_refused(
 async def test_sub_calls_over_real_http_to_the_offline_server(
     runtime: str, sandbox_factory: Any, server: Any
 ) -> None:
-    from rlm.batcher import Batcher
-    from rlm.client import ModelClient
+    from rlm.provider.client import ModelClient
+    from rlm.subcalls.batcher import Batcher
 
     client = ModelClient(api_key="test-key", base_url=server.base_url, timeout=10)
     try:

@@ -20,7 +20,7 @@ from rlm.image import (
     runner_files,
     runner_hash,
 )
-from tests.backends.conftest import IMAGE
+from tests.support import IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,7 @@ import pytest
 
 from rlm.backends.docker import LABEL, DockerSandbox, unavailable_reason
 from rlm.config import RLMConfig
-from tests.backends.conftest import IMAGE, FakeBatcher, make_bridge
+from tests.support import IMAGE, FakeBatcher, make_bridge
 
 pytestmark = pytest.mark.docker
 

@@ -17,10 +17,10 @@ import pytest
 
 from rlm.backends.restricted import RestrictedSandbox
 from rlm.backends.restricted_guards import ALLOWED_MODULES
-from rlm.batcher import SubResult
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 from rlm.errors import SandboxError, VariableNotFound
 from rlm.session import SessionLimits, SessionState
+from rlm.subcalls.batcher import SubResult
 
 CANARY = "CANARY-5f1d0c2e-never-reachable"
 MARK = "GOT" + "THROUGH"  # built here so no cell's source contains it

@@ -23,8 +23,8 @@ from rlm.security import load_corpus, run_corpus
 from rlm.security.check import run_security_check
 from rlm.security.corpus import parse_corpus_file
 from rlm.security.harness import SUITE_OUTPUT_LIMIT
-from tests.security.conftest import IMAGE
 from tests.security.weak import leaky_docker_target, naked_target
+from tests.support import IMAGE
 
 
 @pytest.mark.filterwarnings("ignore")

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from rlm.backends.docker import ContainerSpec, launch
-from tests.security.conftest import IMAGE
+from tests.support import IMAGE
 
 #: Variables the image itself sets; the host adds none.
 IMAGE_ENV = {"PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "LANG", "HOME"}

@@ -21,7 +21,7 @@ from rlm.security import Payload, TargetReport, load_corpus, run_corpus
 from rlm.security.harness import SUITE_OUTPUT_LIMIT
 from rlm.security.hostside import ProcessSnapshot
 from rlm.security.targets import docker_target, restricted_target
-from tests.security.conftest import IMAGE
+from tests.support import IMAGE
 
 HEALTH = ("health.fresh-sandbox", "health.image-unchanged")
 #: What the host process may gain over a whole corpus run. Threads: anyio's idle

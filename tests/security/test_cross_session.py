@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from rlm.backends.docker import _OWNER, LABEL, OWNER_LABEL, ContainerSpec, cleanup_leftovers
-from tests.security.conftest import IMAGE
+from tests.support import IMAGE
 
 
 @pytest.mark.docker

@@ -23,7 +23,7 @@ from rlm_sandbox.api import RLMCallError, make_functions
 
 from rlm.backends.base import CellResult, Sandbox
 from rlm.backends.docker import ContainerSpec, DockerSandbox
-from rlm.dispatch import SessionBridge
+from rlm.bridge import SessionBridge
 from rlm.errors import BridgeRefusal, VariableNotFound
 from rlm.security.targets import Target, docker_target
 

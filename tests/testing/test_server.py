@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from rlm.client import ModelCallFailure, ModelClient
+from rlm.provider.client import ModelCallFailure, ModelClient
 from rlm.testing import Fault, OfflineModelServer
 from rlm.testing.policy import NOT_FOUND, sub_reply
 

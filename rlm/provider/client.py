@@ -2,7 +2,7 @@
 
 One ``openai.AsyncOpenAI`` per endpoint supplies the endpoint's URL, auth and
 headers, and streams the root model's replies. Plain completions, the bulk of a
-run, are posted over :mod:`rlm.transport` with those same headers: the SDK's
+run, are posted over :mod:`rlm.provider.transport` with those same headers: the SDK's
 per-request CPU, not the network, is what limits a wide ``llm_batch`` (measured
 there). Both paths turn failures into one :class:`ModelCallFailure` vocabulary.
 
@@ -21,7 +21,7 @@ from typing import Any
 import openai
 
 from rlm.errors import ConfigurationError, ModelCallError
-from rlm.transport import HTTPPool, TransportError, environment_proxy
+from rlm.provider.transport import HTTPPool, TransportError, environment_proxy
 
 #: Kinds of failure that a later try may fix.
 RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection"})
@@ -157,7 +157,7 @@ def _chat_result(payload: Any, model: str) -> ChatResult:
 class ModelClient:
     """Chat completions against one OpenAI-compatible endpoint.
 
-    A client belongs to one event loop at a time (see :class:`rlm.transport.HTTPPool`);
+    A client belongs to one event loop at a time (see :class:`rlm.provider.transport.HTTPPool`);
     close it with :meth:`aclose`.
     """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlm.limiter import AdaptiveLimit
+from rlm.subcalls.limiter import AdaptiveLimit
 
 
 def test_a_burst_of_refusals_from_one_round_cuts_once() -> None:

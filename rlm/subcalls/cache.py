@@ -2,7 +2,7 @@
 
 A key is the SHA-256 of the request (model, messages and parameters) in canonical
 JSON, so only an identical request hits. Only successful answers are kept. The
-cache is off unless a :class:`~rlm.batcher.Batcher` is given one: it is only right
+cache is off unless a :class:`~rlm.subcalls.batcher.Batcher` is given one: it is only right
 for calls whose answer may be reused (deterministic settings, the same provider).
 
 The disk cache is a directory of small JSON files, ``<dir>/<2 hex>/<64 hex>.json``,
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from rlm.client import ChatResult
+from rlm.provider.client import ChatResult
 
 
 def request_key(

@@ -5,14 +5,14 @@ One :class:`Batcher` serves all the sessions of a process. For each batch it
 - keeps at most ``min(max_concurrent, the session's limit, …)`` of the batch's
   prompts in flight, with a fixed set of worker tasks (not one task per prompt), so
   a 10,000-prompt batch costs as much bookkeeping as its concurrency;
-- takes a slot from the :class:`~rlm.fairness.FairScheduler` for each request, so
+- takes a slot from the :class:`~rlm.subcalls.fairness.FairScheduler` for each request, so
   tenants and sessions share the global, per-tenant and per-session limits
   round-robin, and the global limit follows the provider's 429s
-  (:class:`~rlm.limiter.AdaptiveLimit`);
-- retries what may pass (:class:`~rlm.retry.RetryPolicy`), without holding a slot
+  (:class:`~rlm.subcalls.limiter.AdaptiveLimit`);
+- retries what may pass (:class:`~rlm.subcalls.retry.RetryPolicy`), without holding a slot
   while it waits;
-- shares one call among identical prompts in flight (:mod:`rlm.dedup`) and, if given
-  a :mod:`cache <rlm.cache>`, answers repeated requests from it;
+- shares one call among identical prompts in flight (:mod:`rlm.subcalls.dedup`) and, if given
+  a :mod:`cache <rlm.subcalls.cache>`, answers repeated requests from it;
 - stops starting calls for a session whose token budget is spent;
 - counts calls, tokens, retries, cache and dedup hits, failures and time per model,
   for the session and for its tenant, and reports each batch's progress as
@@ -32,18 +32,18 @@ import itertools
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
 
-from rlm.cache import ResponseCache, request_key
-from rlm.client import ChatResult, ModelCallFailure, ModelClient
-from rlm.dedup import InFlight
-from rlm.fairness import FairScheduler
-from rlm.limiter import AdaptiveLimit
-from rlm.retry import RetryPolicy
+from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.session import SessionState
+from rlm.subcalls.cache import ResponseCache, request_key
+from rlm.subcalls.dedup import InFlight
+from rlm.subcalls.fairness import FairScheduler
+from rlm.subcalls.limiter import AdaptiveLimit
+from rlm.subcalls.retry import RetryPolicy
 from rlm.usage import Usage
 
 
@@ -63,6 +63,28 @@ class SubResult:
         if self.error is None:
             return {"text": self.text or ""}
         return {"error": self.error, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    """A snapshot of a :class:`Batcher`'s scheduler, for monitoring (``/metrics``)."""
+
+    #: Requests at the provider now, and the most there have been at once.
+    in_flight: int
+    max_in_flight: int
+    #: Requests waiting for a slot.
+    waiting: int
+    #: The global limit now (it follows 429s), its ceiling, how often it was cut
+    #: and the lowest it has been.
+    concurrency: int
+    max_concurrent: int
+    concurrency_cuts: int
+    lowest_concurrency: int
+    #: Distinct requests that other identical prompts are waiting on.
+    shared_in_flight: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class _BudgetSpent:
@@ -228,18 +250,18 @@ class Batcher:
     def usage_by_tenant(self) -> dict[str, dict[str, Any]]:
         return {name: usage.to_dict() for name, usage in self._tenants.items()}
 
-    def stats(self) -> dict[str, Any]:
-        """The scheduler's state, for monitoring."""
-        return {
-            "in_flight": self.scheduler.in_flight,
-            "max_in_flight": self.scheduler.max_in_flight,
-            "waiting": self.scheduler.waiting(),
-            "concurrency": self.concurrency,
-            "max_concurrent": self.max_concurrent,
-            "concurrency_cuts": self.limiter.cuts,
-            "lowest_concurrency": self.limiter.lowest,
-            "shared_in_flight": len(self._in_flight),
-        }
+    def stats(self) -> BatcherStats:
+        """The scheduler's state right now, for monitoring."""
+        return BatcherStats(
+            in_flight=self.scheduler.in_flight,
+            max_in_flight=self.scheduler.max_in_flight,
+            waiting=self.scheduler.waiting(),
+            concurrency=self.concurrency,
+            max_concurrent=self.max_concurrent,
+            concurrency_cuts=self.limiter.cuts,
+            lowest_concurrency=self.limiter.lowest,
+            shared_in_flight=len(self._in_flight),
+        )
 
     # -- running a batch -----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from rlm.client import ModelCallFailure
+from rlm.provider.client import ModelCallFailure
 
 
 @dataclass(frozen=True)

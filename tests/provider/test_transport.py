@@ -10,9 +10,9 @@ import warnings
 import anyio
 import pytest
 
-from rlm.client import ModelClient
+from rlm.provider.client import ModelClient
+from rlm.provider.transport import HTTPPool
 from rlm.testing import OfflineModelServer
-from rlm.transport import HTTPPool
 
 
 def ask(i: int | str) -> list[dict[str, str]]:

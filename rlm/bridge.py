@@ -9,22 +9,35 @@ backend returns to model code as ``RLMCallError``; it never reaches the provider
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rlm.errors import BridgeRefusal, BudgetExceeded
 from rlm.session import SessionState
 
 if TYPE_CHECKING:
-    from rlm.batcher import Batcher
+    from rlm.subcalls.batcher import SubResult
 
 METHODS = ("llm_query", "llm_batch")
 _MAX_MODEL_NAME = 200
 
 
+class BatchRunner(Protocol):
+    """What the bridge needs from a batcher: run one session's prompts, in order.
+
+    :class:`~rlm.subcalls.batcher.Batcher` is the real one; a failed prompt comes back
+    as a :class:`~rlm.subcalls.batcher.SubResult` with ``error`` set, never raised.
+    """
+
+    async def run(
+        self, session: SessionState, model: str, prompts: list[str], max_concurrent: int | None
+    ) -> Sequence[SubResult]: ...
+
+
 class SessionBridge:
     """One session's door to the batcher."""
 
-    def __init__(self, batcher: Batcher, session: SessionState) -> None:
+    def __init__(self, batcher: BatchRunner, session: SessionState) -> None:
         self.batcher = batcher
         self.session = session
 
@@ -35,6 +48,8 @@ class SessionBridge:
         if not isinstance(params, dict):
             raise BridgeRefusal("malformed request: params must be an object")
         model = self._model(params.get("model"))
+        prompts: object
+        max_concurrent: int | None
         if method == "llm_query":
             allowed = {"prompt", "model"}
             prompts = [params.get("prompt")]
@@ -46,8 +61,7 @@ class SessionBridge:
         extra = set(params) - allowed
         if extra:
             raise BridgeRefusal(f"malformed request: unexpected fields {sorted(extra)[:5]}")
-        self._check_prompts(prompts)
-        assert isinstance(prompts, list)
+        prompts = self._check_prompts(prompts)
         self.session.admit_calls(len(prompts))
         results = await self.batcher.run(self.session, model, prompts, max_concurrent)
         items = [r.to_wire() for r in results]
@@ -73,7 +87,7 @@ class SessionBridge:
             raise BridgeRefusal("max_concurrent must be a positive int or None")
         return value
 
-    def _check_prompts(self, prompts: object) -> None:
+    def _check_prompts(self, prompts: object) -> list[str]:
         limits = self.session.limits
         if not isinstance(prompts, list):
             raise BridgeRefusal("malformed request: prompts must be a list of str")
@@ -90,3 +104,4 @@ class SessionBridge:
                     f"prompt {i} has {len(prompt):,} characters, over this session's "
                     f"limit of {limits.max_prompt_chars:,}; send a smaller chunk"
                 )
+        return prompts

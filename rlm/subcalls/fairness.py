@@ -1,7 +1,7 @@
 """Fair hand-out of in-flight slots across tenants and sessions.
 
 Every sub-call holds one slot while its request is at the provider. Slots are
-bounded three ways: a global limit (which may move, see :mod:`rlm.limiter`), a
+bounded three ways: a global limit (which may move, see :mod:`rlm.subcalls.limiter`), a
 limit per tenant, and a limit per session. When a slot frees, it goes to the next
 tenant in round-robin order that has a call waiting and room under its limits, and
 within that tenant to the next such session, so a session with 10,000 queued calls

@@ -7,9 +7,9 @@ import traceback
 
 import pytest
 
-from rlm.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.config import RLMConfig
 from rlm.errors import ConfigurationError
+from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.testing import Fault, OfflineModelServer
 
 MESSAGES = [{"role": "user", "content": "hello"}]

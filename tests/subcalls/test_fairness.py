@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import anyio.lowlevel
 
-from rlm.fairness import FairScheduler
+from rlm.subcalls.fairness import FairScheduler
 
 
 async def hand_out(

@@ -13,12 +13,12 @@ from typing import Any
 import anyio
 import pytest
 
-from rlm.batcher import Batcher, SubResult
-from rlm.cache import DiskCache, MemoryCache
-from rlm.client import ChatResult, ModelClient
-from rlm.dispatch import SessionBridge
-from rlm.retry import RetryPolicy
+from rlm.bridge import SessionBridge
+from rlm.provider.client import ChatResult, ModelClient
 from rlm.session import SessionLimits, SessionState
+from rlm.subcalls.batcher import Batcher, SubResult
+from rlm.subcalls.cache import DiskCache, MemoryCache
+from rlm.subcalls.retry import RetryPolicy
 from rlm.testing import Fault, OfflineModelServer
 
 SUB = "sub-test"
@@ -424,8 +424,8 @@ async def test_concurrency_limits_hold_at_the_server(
             tg.start_soon(batcher.run, a, SUB, [f"a {i}" for i in range(60)], per_call)
             tg.start_soon(batcher.run, b, SUB, [f"b {i}" for i in range(60)], per_call)
     assert server.stats.max_in_flight == expected
-    assert batcher.stats()["max_in_flight"] == expected
-    assert batcher.stats()["in_flight"] == 0
+    assert batcher.stats().max_in_flight == expected
+    assert batcher.stats().in_flight == 0
     assert server.stats.completed == 120
 
 
@@ -554,7 +554,7 @@ async def test_cancelling_a_run_drops_its_http_requests_and_spares_others() -> N
             await wait_until(lambda: server.stats.in_flight == 30)
             a_scope[0].cancel()
             await wait_until(lambda: server.stats.disconnects >= 20)
-            assert batcher.stats()["in_flight"] == 10
+            assert batcher.stats().in_flight == 10
 
     assert order == ["a cancelled", "b done"]
     assert server.stats.disconnects == 20
@@ -562,7 +562,7 @@ async def test_cancelling_a_run_drops_its_http_requests_and_spares_others() -> N
     assert texts(b_results) == [f"echo: b {i} [[sleep:1]]" for i in range(10)]
     end = [e for e in events if e["event"] == "batch_end"]
     assert end and end[0]["cancelled"] is True and end[0]["done"] == 0
-    assert batcher.stats()["in_flight"] == 0 and batcher.stats()["waiting"] == 0
+    assert batcher.stats().in_flight == 0 and batcher.stats().waiting == 0
 
 
 async def test_a_timeout_around_a_run_cancels_it() -> None:

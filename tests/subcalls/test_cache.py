@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from rlm.cache import DiskCache, MemoryCache, request_key
-from rlm.client import ChatResult
+from rlm.provider.client import ChatResult
+from rlm.subcalls.cache import DiskCache, MemoryCache, request_key
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from rlm.client import ModelCallFailure
-from rlm.retry import RetryPolicy
+from rlm.provider.client import ModelCallFailure
+from rlm.subcalls.retry import RetryPolicy
 
 
 def failure(kind: str, retry_after: float | None = None) -> ModelCallFailure:

@@ -11,7 +11,7 @@ merging) before a byte is sent.
 
 So plain completions are posted here, with the SDK's own default and auth headers
 (taken from the SDK client once), and the SDK keeps what it is needed for:
-streaming. This module only moves bytes; :mod:`rlm.client` gives them OpenAI's
+streaming. This module only moves bytes; :mod:`rlm.provider.client` gives them OpenAI's
 meaning.
 """
 
