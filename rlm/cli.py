@@ -338,7 +338,7 @@ def _restricted_check() -> tuple[str, bool, str]:
     from rlm.session import SessionState
 
     async def probe() -> str:
-        sandbox = RestrictedSandbox(SessionBridge(_NoModel(), SessionState(sub_model="none")))  # type: ignore[arg-type]
+        sandbox = RestrictedSandbox(SessionBridge(_NoModel(), SessionState(sub_model="none")))
         async with sandbox:
             result = await sandbox.execute("print(6 * 7)", 5.0)
         return result.stdout.strip()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rlm.failures import FailureKind
+
 
 class RLMError(Exception):
     """Base class for every error rlm raises on purpose."""
@@ -14,7 +16,7 @@ class ConfigurationError(RLMError):
 class ModelCallError(RLMError):
     """A call to the model provider failed and retrying would not help (or did not)."""
 
-    def __init__(self, message: str, *, kind: str = "error", status: int | None = None):
+    def __init__(self, message: str, *, kind: FailureKind = "error", status: int | None = None):
         super().__init__(message)
         self.kind = kind
         self.status = status

@@ -152,7 +152,7 @@ def build_image(
                     image_id = event["aux"].get("ID", image_id)
         except docker.errors.APIError as exc:
             raise SandboxError(f"building {tag} failed: {exc}") from None
-        return image_id or client.images.get(tag).id
+        return str(image_id or client.images.get(tag).id)
     finally:
         if docker_client is None:
             client.close()

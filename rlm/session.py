@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlm.errors import BudgetExceeded
+from rlm.events import EventName
 from rlm.usage import Usage
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -44,7 +45,7 @@ class SessionState:
     #: concurrency); ``usage.sub_calls`` counts those that finished.
     calls_admitted: int = 0
 
-    def event(self, kind: str, **data: Any) -> None:
+    def event(self, kind: EventName, **data: Any) -> None:
         if self.emit is not None:
             self.emit({"event": kind, "session": self.session_id, **data})
 

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-#: Events too frequent to keep: they go to callbacks only.
-TRANSIENT = frozenset({"batch_progress", "root_delta"})
+from rlm.events import TRANSIENT_EVENTS, EventName
 
 
 class Trajectory:
@@ -33,13 +32,13 @@ class Trajectory:
         event = {**event, "t": round(time.monotonic() - self._started, 4)}
         if self.on_event is not None:
             self.on_event(event)
-        if event["event"] in TRANSIENT:
+        if event["event"] in TRANSIENT_EVENTS:
             return
         self.events.append(event)
         if self._file is not None:
             self._file.write(json.dumps(event, default=str) + "\n")
 
-    def add(self, kind: str, /, **data: Any) -> None:
+    def add(self, kind: EventName, /, **data: Any) -> None:
         self.emit({"event": kind, **data})
 
     def close(self) -> None:

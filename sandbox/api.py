@@ -40,10 +40,11 @@ class RLMCallError(Exception):
 
 def _to_value(item: Any) -> str:
     if isinstance(item, dict):
-        if isinstance(item.get("text"), str):
-            return item["text"]
-        if isinstance(item.get("error"), str):
-            return LLMError(item["error"], str(item.get("kind", "error")))
+        text, error = item.get("text"), item.get("error")
+        if isinstance(text, str):
+            return text
+        if isinstance(error, str):
+            return LLMError(error, str(item.get("kind", "error")))
     raise RLMCallError(f"malformed answer from the host: {str(item)[:200]}")
 
 

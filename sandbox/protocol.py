@@ -178,16 +178,15 @@ def parse(payload: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> dic
         raise ProtocolViolation(f"frame is not valid JSON ({str(exc)[:100]})") from None
     except RecursionError:
         raise ProtocolViolation("frame nests JSON too deeply") from None
-    validate(message, schema)
-    return message
+    return validate(message, schema)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) -> None:
-    """Raise :class:`ProtocolViolation` unless ``message`` matches one type in ``schema``."""
+def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) -> dict[str, Any]:
+    """``message``, or :class:`ProtocolViolation` unless it matches one type in ``schema``."""
     if not isinstance(message, dict):
         raise ProtocolViolation("message is not a JSON object")
     kind = message.get("type")
@@ -211,3 +210,4 @@ def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) ->
     ident = message.get("id")
     if ident is not None and not 0 <= ident <= MAX_ID:
         raise ProtocolViolation(f"{kind}.id is out of range")
+    return message

@@ -302,13 +302,13 @@ class Runner:
                 with self._cell_lock:
                     self._armed = False
                     self._cell_id = None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             interrupted = True
-            error = _format_error(*sys.exc_info(), filename)  # type: ignore[arg-type]
+            error = _format_error(exc, filename)
         except SyntaxError as exc:
             error = "".join(traceback.format_exception_only(type(exc), exc))
-        except BaseException:  # SystemExit too: the runner outlives model code
-            error = _format_error(*sys.exc_info(), filename)  # type: ignore[arg-type]
+        except BaseException as exc:  # SystemExit too: the runner outlives model code
+            error = _format_error(exc, filename)
         finally:
             # Model code may have replaced these; the next cell needs them back.
             signal.signal(signal.SIGINT, self.on_sigint)
@@ -353,18 +353,20 @@ def _compile(code: str, filename: str) -> list[tuple[Any, bool]]:
     tree = ast.parse(code, filename, "exec")
     lines = code.splitlines(keepends=True)
     linecache.cache[filename] = (len(code), None, lines, filename)
-    if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    if tree.body and isinstance(tail := tree.body[-1], ast.Expr):
+        tree.body.pop()
+        last = ast.Expression(tail.value)
         head = compile(tree, filename, "exec")
         return [(head, False), (compile(last, filename, "eval"), True)]
     return [(compile(tree, filename, "exec"), False)]
 
 
-def _format_error(kind: type[BaseException], exc: BaseException, tb: Any, filename: str) -> str:
+def _format_error(exc: BaseException, filename: str) -> str:
     # Show model code's frames only: the runner's own frames mean nothing to it.
+    tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
-    report = traceback.TracebackException(kind, exc, tb)
+    report = traceback.TracebackException(type(exc), exc, tb)
     report.stack = traceback.StackSummary.from_list(
         [frame for frame in report.stack if frame.filename != __file__]
     )
@@ -392,9 +394,11 @@ def main() -> None:
         pipes.append(read_end)
     runner = Runner(proto_in, proto_out, pipes[0], pipes[1])
     sys.stdin = _null_stdin()
-    sys.stdout = _Stream(runner._stdout, 1)  # type: ignore[assignment]
-    sys.stderr = _Stream(runner._stderr, 2)  # type: ignore[assignment]
-    sys.__stdout__ = sys.stdout
-    sys.__stderr__ = sys.stderr
+    sys.stdout = _Stream(runner._stdout, 1)
+    sys.stderr = _Stream(runner._stderr, 2)
+    # Code that reaches for the originals must find the capture, not the protocol's
+    # file descriptors; typeshed declares them final, the interpreter does not.
+    sys.__stdout__ = sys.stdout  # type: ignore[misc,assignment]
+    sys.__stderr__ = sys.stderr  # type: ignore[misc,assignment]
     signal.signal(signal.SIGINT, runner.on_sigint)
     runner.serve()

@@ -16,15 +16,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import openai
 
-from rlm.errors import ConfigurationError, ModelCallError
-from rlm.provider.transport import HTTPPool, TransportError, environment_proxy
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionMessageParam
 
-#: Kinds of failure that a later try may fix.
-RETRYABLE_KINDS = frozenset({"rate_limit", "server", "timeout", "connection"})
+from rlm.errors import ConfigurationError, ModelCallError
+from rlm.failures import RETRYABLE_KINDS, FailureKind
+from rlm.provider.transport import HTTPPool, TransportError, environment_proxy
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ModelCallFailure(ModelCallError):
         self,
         message: str,
         *,
-        kind: str,
+        kind: FailureKind,
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
@@ -106,7 +107,9 @@ def failure_for_status(
             status=status,
         )
     lowered = detail.lower()
-    kind = "context_length" if "context" in lowered and "length" in lowered else "bad_request"
+    kind: FailureKind = (
+        "context_length" if "context" in lowered and "length" in lowered else "bad_request"
+    )
     return ModelCallFailure(
         f"the provider rejected the request ({status}) for {model!r}: {detail}",
         kind=kind,
@@ -234,7 +237,8 @@ class ModelClient:
         try:
             stream = await self._sdk.chat.completions.create(
                 model=model,
-                messages=messages,  # type: ignore[arg-type]
+                # Plain dicts are what the SDK sends; its TypedDicts only describe them.
+                messages=cast("list[ChatCompletionMessageParam]", messages),
                 timeout=timeout if timeout is not None else self.timeout,
                 stream=True,
                 stream_options={"include_usage": True},

@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 
@@ -29,7 +30,7 @@ import aiohttp
 class TransportError(Exception):
     """A request that got no HTTP answer: ``kind`` is ``"timeout"`` or ``"connection"``."""
 
-    def __init__(self, message: str, *, kind: str) -> None:
+    def __init__(self, message: str, *, kind: Literal["timeout", "connection"]) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -42,7 +43,10 @@ def environment_proxy(url: str) -> str | None:
     the client's CPU per request in bench/bench_batcher.py.
     """
     parts = urllib.parse.urlsplit(url)
-    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+    # In urllib.request since Python 3 (it backs proxy_bypass on every platform) but
+    # missing from typeshed.
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if bypass(parts.hostname or ""):
         return None
     return urllib.request.getproxies_environment().get(parts.scheme)
 

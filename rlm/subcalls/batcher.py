@@ -33,10 +33,11 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
+from rlm.failures import FailureKind
 from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.session import SessionState
 from rlm.subcalls.cache import ResponseCache, request_key
@@ -53,7 +54,7 @@ class SubResult:
 
     text: str | None = None
     error: str | None = None
-    kind: str = "ok"
+    kind: FailureKind | Literal["ok"] = "ok"
 
     @property
     def ok(self) -> bool:

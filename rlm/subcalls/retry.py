@@ -46,8 +46,8 @@ class RetryPolicy:
         """
         if not failure.retryable or tries >= self.max_tries:
             return None
-        draw = (rng or random).random()
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (tries - 1))
+        draw = rng.random() if rng is not None else random.random()
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (tries - 1))
         wait = ceiling * draw
         if failure.retry_after is not None:
             # At least what the provider asked, spread by up to 10% so the calls it
