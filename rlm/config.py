@@ -8,6 +8,8 @@ from typing import Any
 
 from dotenv import dotenv_values, find_dotenv
 
+from rlm.errors import ConfigurationError
+from rlm.image import DEFAULT_IMAGE
 from rlm.session import SessionLimits
 
 BACKENDS = ("auto", "restricted", "docker")
@@ -22,6 +24,24 @@ def _env(
     return value if value not in (None, "") else default
 
 
+#: Field ← (environment variable, its type).
+_ENVIRONMENT: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
+    "model": ("RLM_MODEL", str),
+    "sub_model": ("RLM_SUB_MODEL", str),
+    "api_key": ("OPENAI_API_KEY", str),
+    "base_url": ("OPENAI_BASE_URL", str),
+    "backend": ("RLM_BACKEND", str),
+    "docker_runtime": ("RLM_DOCKER_RUNTIME", str),
+    "image": ("RLM_IMAGE", str),
+    "docker_memory": ("RLM_DOCKER_MEMORY", str),
+    "docker_cpus": ("RLM_DOCKER_CPUS", float),
+    "cell_timeout": ("RLM_CELL_TIMEOUT", float),
+    "request_timeout": ("RLM_REQUEST_TIMEOUT", float),
+    "max_iterations": ("RLM_MAX_ITERATIONS", int),
+    "output_limit": ("RLM_OUTPUT_LIMIT", int),
+}
+
+
 @dataclass(frozen=True)
 class RLMConfig:
     """Everything an RLM run needs to know. Build with :meth:`from_env`."""
@@ -32,7 +52,7 @@ class RLMConfig:
     base_url: str | None = None
     backend: str = "auto"
     docker_runtime: str = "runc"
-    image: str = "rlm-sandbox:latest"
+    image: str = DEFAULT_IMAGE
     #: Container memory limit (swap included). Chunking a 100 MB context needs ~1 GB.
     docker_memory: str = "2g"
     docker_cpus: float = 1.0
@@ -53,33 +73,18 @@ class RLMConfig:
         # .env fills in what the environment leaves unset, without being copied into
         # os.environ: the process environment stays as the operator set it.
         dotfile = dotenv_values(find_dotenv(usecwd=True)) if dotenv else {}
-        values: dict[str, Any] = {
-            "model": _env("RLM_MODEL", None, dotfile),
-            "sub_model": _env("RLM_SUB_MODEL", None, dotfile),
-            "api_key": _env("OPENAI_API_KEY", None, dotfile),
-            "base_url": _env("OPENAI_BASE_URL", None, dotfile),
-            "backend": _env("RLM_BACKEND", "auto", dotfile),
-            "docker_runtime": _env("RLM_DOCKER_RUNTIME", "runc", dotfile),
-            "image": _env("RLM_IMAGE", "rlm-sandbox:latest", dotfile),
-            "docker_memory": _env("RLM_DOCKER_MEMORY", "2g", dotfile),
-        }
-        for name, kind in (
-            ("cell_timeout", float),
-            ("request_timeout", float),
-            ("max_iterations", int),
-            ("output_limit", int),
-            ("docker_cpus", float),
-        ):
-            raw = _env(f"RLM_{name.upper()}", None, dotfile)
-            if raw is not None:
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    from rlm.errors import ConfigurationError
-
-                    raise ConfigurationError(
-                        f"RLM_{name.upper()}={raw!r} is not a valid {kind.__name__}"
-                    ) from None
+        # What is unset here takes the field's default: defaults live on the fields only.
+        values: dict[str, Any] = {}
+        for name, (variable, kind) in _ENVIRONMENT.items():
+            raw = _env(variable, None, dotfile)
+            if raw is None:
+                continue
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{variable}={raw!r} is not a valid {kind.__name__}"
+                ) from None
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
@@ -88,8 +93,6 @@ class RLMConfig:
         return cls(**{k: v for k, v in values.items() if v is not None}).checked()
 
     def checked(self) -> RLMConfig:
-        from rlm.errors import ConfigurationError
-
         if self.backend not in BACKENDS:
             raise ConfigurationError(
                 f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
@@ -102,10 +105,6 @@ class RLMConfig:
 
     def with_(self, **changes: Any) -> RLMConfig:
         return replace(self, **changes).checked()
-
-    @property
-    def root_model(self) -> str | None:
-        return self.model
 
     @property
     def effective_sub_model(self) -> str | None:

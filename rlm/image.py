@@ -27,7 +27,8 @@ from typing import Any
 
 from rlm.errors import SandboxError, SandboxUnavailable
 
-DEFAULT_TAG = "rlm-sandbox:latest"
+#: The sandbox image's tag unless RLM_IMAGE (or ``image=``) names another.
+DEFAULT_IMAGE = "rlm-sandbox:latest"
 DEFAULT_BASE = "python:3.12-slim"
 OFFLINE_SUITE = "bookworm"
 OFFLINE_BASE = f"rlm-base:{OFFLINE_SUITE}"
@@ -102,7 +103,7 @@ def build_context(files: dict[str, bytes] | None = None) -> bytes:
 
 
 def build_image(
-    tag: str = DEFAULT_TAG,
+    tag: str = DEFAULT_IMAGE,
     *,
     offline: bool = False,
     base_image: str | None = None,

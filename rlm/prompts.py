@@ -55,11 +55,6 @@ def first_message(query: str, context: Any) -> str:
     )
 
 
-def cell_feedback(index: int, total: int, code: str, output: str) -> str:
-    header = f"Cell {index + 1} of {total}" if total > 1 else "Cell"
-    return f"{header} output:\n{output}" if output else f"{header} ran with no output."
-
-
 NO_ACTION = (
     "Your reply had no ```repl block and no FINAL(...). Write code in a ```repl block "
     "to keep working, or answer with FINAL(answer) or FINAL_VAR(variable_name)."

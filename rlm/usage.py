@@ -23,10 +23,6 @@ class ModelUsage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def merge(self, other: ModelUsage) -> None:
-        for name, value in asdict(other).items():
-            setattr(self, name, getattr(self, name) + value)
-
 
 @dataclass
 class Usage:
@@ -41,11 +37,6 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return sum(m.total_tokens for m in self.by_model.values())
-
-    def merge(self, other: Usage) -> None:
-        self.sub_calls += other.sub_calls
-        for name, usage in other.by_model.items():
-            self.model(name).merge(usage)
 
     def to_dict(self) -> dict[str, Any]:
         return {
