@@ -1,0 +1,145 @@
+"""Memory limits for cells that share the host's process.
+
+Two mechanisms, because neither suffices alone. A watchdog thread
+(:class:`Watchdog`) samples the process's resident memory while a cell runs and
+stops the cell with a MemoryError when it has grown by more than the limit; but it
+only gets to run between bytecodes, and one C call that allocates gigabytes never
+lets it. For that, a process-wide RLIMIT_DATA ceiling (:class:`MemoryCeiling`) is
+in force while cells run, so such an allocation fails with MemoryError instead of
+waking the OOM killer. Both measure the whole process, so concurrent sessions share
+one budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, Run
+from rlm.backends.restricted.stops import MemoryLimitExceeded
+
+_WATCHDOG_INTERVAL_S = 0.01
+
+
+def _rss_bytes() -> int | None:
+    """The process's resident set size, or None where /proc is not available."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+#: Room left for the host's own allocations above a running cell's ceiling.
+_CEILING_HEADROOM = 1024**3
+
+
+def _vm_data_bytes() -> int | None:
+    """The process's private writable memory (what RLIMIT_DATA counts), where known."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class MemoryCeiling:
+    """A process-wide RLIMIT_DATA while cells run: the backstop for one huge C call.
+
+    The watchdog can only stop a cell between bytecodes; a single C call such as
+    ``list(zip(s, s[1:]))`` on a 100 MB string allocates gigabytes without ever
+    returning to Python, and could bring the OOM killer onto the host. With the
+    soft limit set to (memory in use now + every running cell's allowance +
+    headroom for the host), such an allocation fails with MemoryError instead.
+    It is recomputed from current usage whenever a cell starts or ends, and the
+    operator's own limit is restored when none runs; it is never raised above it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[int, int] = {}
+        self._original: tuple[int, int] | None = None
+
+    def enter(self, key: int, allowance: int) -> None:
+        with self._lock:
+            if not self._active:
+                self._original = _get_data_limit()
+            self._active[key] = allowance
+            self._apply()
+
+    def leave(self, key: int) -> None:
+        with self._lock:
+            if self._active.pop(key, None) is None:
+                return
+            if self._active:
+                self._apply()
+            elif self._original is not None:
+                _set_data_limit(*self._original)
+                self._original = None
+
+    def _apply(self) -> None:
+        original, used = self._original, _vm_data_bytes()
+        if original is None or used is None:
+            return
+        soft, hard = original
+        ceiling = used + sum(self._active.values()) + _CEILING_HEADROOM
+        for bound in (soft, hard):
+            if bound != _UNLIMITED:
+                ceiling = min(ceiling, bound)
+        _set_data_limit(ceiling, hard)
+
+
+try:
+    import resource
+
+    _UNLIMITED = resource.RLIM_INFINITY
+
+    def _get_data_limit() -> tuple[int, int] | None:
+        try:
+            return resource.getrlimit(resource.RLIMIT_DATA)
+        except (OSError, ValueError):
+            return None
+
+    def _set_data_limit(soft: int, hard: int) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+except ImportError:  # pragma: no cover - not on POSIX: the watchdog alone
+    _UNLIMITED = -1
+
+    def _get_data_limit() -> tuple[int, int] | None:
+        return None
+
+    def _set_data_limit(soft: int, hard: int) -> None:
+        return None
+
+
+#: The one ceiling: RLIMIT_DATA is the process's, shared by every session's cells.
+CEILING = MemoryCeiling()
+
+
+class Watchdog(threading.Thread):
+    """Stops the job with a MemoryError when the process grows past the limit."""
+
+    def __init__(self, run: Run, limit: int) -> None:
+        super().__init__(name="rlm-restricted-watchdog", daemon=True)
+        self.run_ = run
+        self.limit = limit
+        self.baseline = _rss_bytes()
+
+    def run(self) -> None:
+        if self.baseline is None:
+            return
+        job = self.run_
+        while not job.finished.wait(_WATCHDOG_INTERVAL_S) and not job.over:
+            rss = _rss_bytes()
+            if rss is not None and rss - self.baseline > self.limit:
+                job.request_stop(MemoryLimitExceeded)
+                job.finished.wait(REINJECT_INTERVAL_S)
