@@ -18,8 +18,14 @@ from typing import Any
 
 import anyio
 
-from rlm.backends.docker import ContainerSpec, DockerSandbox, _client, launch
-from rlm.backends.pool import ContainerPool
+from rlm.backends.docker import (
+    ColdStart,
+    ContainerPool,
+    ContainerSpec,
+    DockerSandbox,
+    connect,
+    launch,
+)
 from rlm.bridge import SessionBridge
 from rlm.session import SessionState
 from rlm.subcalls.batcher import SubResult
@@ -41,7 +47,7 @@ def ms(seconds: float) -> str:
 
 
 async def measure(runtime: str, image: str, args: argparse.Namespace) -> dict[str, float]:
-    client = _client()
+    client = connect()
     spec = ContainerSpec(image=image, runtime=runtime)
     out: dict[str, float] = {}
 
@@ -63,7 +69,7 @@ async def measure(runtime: str, image: str, args: argparse.Namespace) -> dict[st
             await box.remove()
         out["warm acquire (pool)"] = statistics.median(acquires)
 
-    async with DockerSandbox(bridge(), image=image, runtime=runtime, docker_client=client) as sb:
+    async with DockerSandbox(bridge(), ColdStart(spec, docker_client=client)) as sb:
         await sb.execute("1", 10)
         t = time.perf_counter()
         for _ in range(args.cells):

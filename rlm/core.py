@@ -30,7 +30,7 @@ from rlm.subcalls.retry import RetryPolicy
 from rlm.trajectory import Trajectory
 
 if TYPE_CHECKING:
-    from rlm.backends.pool import ContainerPool
+    from rlm.backends.docker import ContainerPool
 
 EventCallback = Callable[[dict[str, Any]], None]
 

@@ -207,8 +207,7 @@ def test_sync_completion_wraps_the_async_one(server: OfflineModelServer) -> None
 
 @pytest.mark.docker
 async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineModelServer) -> None:
-    from rlm.backends.docker import ContainerSpec
-    from rlm.backends.pool import ContainerPool
+    from rlm.backends.docker import ContainerPool, ContainerSpec
     from rlm.provider.client import ModelClient
     from rlm.subcalls.batcher import Batcher
 

@@ -13,7 +13,7 @@ from rlm.backends.base import CellResult, Sandbox
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from rlm.backends.pool import ContainerPool
+    from rlm.backends.docker import ContainerPool
     from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
 
@@ -47,15 +47,10 @@ def create_sandbox(
 
         return RestrictedSandbox(bridge, output_limit=config.output_limit)
     if name == "docker":
-        from rlm.backends.docker import DockerSandbox
+        from rlm.backends.docker import ContainerSpec, DockerSandbox
 
-        return DockerSandbox(
-            bridge,
-            output_limit=config.output_limit,
-            image=config.image,
-            runtime=config.docker_runtime,
-            memory=config.docker_memory,
-            cpus=config.docker_cpus,
-            pool=pool,
-        )
+        if pool is not None:
+            return DockerSandbox(bridge, pool, output_limit=config.output_limit)
+        spec = ContainerSpec.from_config(config)
+        return DockerSandbox(bridge, spec=spec, output_limit=config.output_limit)
     raise ConfigurationError(f"unknown backend {name!r}; use restricted or docker")

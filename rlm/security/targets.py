@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlm.backends.base import Sandbox
 from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from rlm.backends.docker import ContainerSpec
 
 SandboxFactory = Callable[[SessionBridge], Sandbox]
 
@@ -57,17 +62,24 @@ def image_fingerprint(image: str) -> str | None:
 
 
 def docker_target(runtime: str, image: str, output_limit: int, **limits: Any) -> Target:
-    """Docker with ``runtime`` and ``image``; ``limits`` go to DockerSandbox as they are."""
-    from rlm.backends.docker import DockerSandbox
+    """Docker with ``runtime`` and ``image``; ``limits`` are ContainerSpec's (memory, ...)."""
+    from rlm.backends.docker import ContainerSpec
 
-    engine: list[Any] = []
+    return spec_target(ContainerSpec(image=image, runtime=runtime, **limits), output_limit)
 
-    def client() -> Any:
+
+def spec_target(spec: ContainerSpec, output_limit: int) -> Target:
+    """Docker sandboxes whose containers are made as ``spec`` says."""
+    from rlm.backends.docker import ColdStart, DockerSandbox
+
+    engine: list[DockerClient] = []
+
+    def client() -> DockerClient:
         # One engine connection for every sandbox of the target, as a pool has.
         if not engine:
-            import docker
+            from rlm.backends.docker import connect
 
-            engine.append(docker.from_env(timeout=120))
+            engine.append(connect())
         return engine[0]
 
     def close() -> None:
@@ -75,18 +87,13 @@ def docker_target(runtime: str, image: str, output_limit: int, **limits: Any) ->
             engine.pop().close()
 
     return Target(
-        name=f"docker:{runtime}",
+        name=f"docker:{spec.runtime}",
         kind="docker",
-        runtime=runtime,
+        runtime=spec.runtime,
         factory=lambda bridge: DockerSandbox(
-            bridge,
-            output_limit=output_limit,
-            image=image,
-            runtime=runtime,
-            docker_client=client(),
-            **limits,
+            bridge, ColdStart(spec, docker_client=client()), output_limit=output_limit
         ),
-        fingerprint=lambda: image_fingerprint(image),
+        fingerprint=lambda: image_fingerprint(spec.image),
         close=close,
     )
 
@@ -141,16 +148,10 @@ def select_targets(
             config = base.with_(docker_runtime=rt)
             problem = docker_problem(config)
             if problem is None:
+                from rlm.backends.docker import ContainerSpec
+
                 # The deployment's own limits (RLM_DOCKER_MEMORY, RLM_DOCKER_CPUS).
-                targets.append(
-                    docker_target(
-                        rt,
-                        config.image,
-                        output_limit,
-                        memory=config.docker_memory,
-                        cpus=config.docker_cpus,
-                    )
-                )
+                targets.append(spec_target(ContainerSpec.from_config(config), output_limit))
             else:
                 missing.append((f"docker:{rt}", problem))
     return targets, missing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,16 +24,21 @@ def batcher() -> FakeBatcher:
 
 @pytest.fixture
 async def sandbox_factory(docker_client: Any) -> AsyncIterator[Any]:
-    """Makes DockerSandboxes that are closed (containers removed) after the test."""
-    from rlm.backends.docker import DockerSandbox
+    """Makes DockerSandboxes that are closed (containers removed) after the test.
+
+    Keyword arguments that are :class:`ContainerSpec` fields (runtime, memory, ...)
+    make the spec (image: the test image); the rest go to DockerSandbox.
+    """
+    from rlm.backends.docker import ColdStart, ContainerSpec, DockerSandbox
 
     made: list[DockerSandbox] = []
+    spec_fields = {f.name for f in dataclasses.fields(ContainerSpec)}
 
     def make(bridge: SessionBridge | None = None, **kwargs: Any) -> DockerSandbox:
-        kwargs.setdefault("docker_client", docker_client)
-        kwargs.setdefault("image", IMAGE)
+        spec = {"image": IMAGE} | {k: kwargs.pop(k) for k in spec_fields & set(kwargs)}
+        source = ColdStart(ContainerSpec(**spec), docker_client=docker_client)
         kwargs.setdefault("output_limit", 10_000)
-        box = DockerSandbox(bridge or make_bridge(), **kwargs)
+        box = DockerSandbox(bridge or make_bridge(), source, **kwargs)
         made.append(box)
         return box
 

@@ -23,6 +23,8 @@ import pytest
 from rlm.backends.docker import (
     LABEL,
     OWNER_LABEL,
+    ColdStart,
+    ContainerPool,
     ContainerSpec,
     DockerSandbox,
     cleanup_leftovers,
@@ -30,7 +32,6 @@ from rlm.backends.docker import (
     launch,
     unavailable_reason,
 )
-from rlm.backends.pool import ContainerPool
 from rlm.config import RLMConfig
 from rlm.errors import ProtocolError, VariableNotFound
 from rlm.session import SessionLimits
@@ -144,9 +145,7 @@ def facts(request: pytest.FixtureRequest, docker_client: Any) -> Iterator[dict[s
         bridge = make_bridge()
         async with DockerSandbox(
             bridge,
-            runtime=runtime,
-            docker_client=docker_client,
-            image=IMAGE,
+            ColdStart(ContainerSpec(image=IMAGE, runtime=runtime), docker_client=docker_client),
             output_limit=50_000,
         ) as box:
             code = f"CANARIES = {[key_canary, env_canary]!r}\nHOST_PORT = {port}\n" + PROBE
@@ -580,7 +579,8 @@ async def test_close_and_cancellation_remove_the_container(
     runtime: str, docker_client: Any
 ) -> None:
     before = set(_ours(docker_client))
-    box = DockerSandbox(make_bridge(), runtime=runtime, docker_client=docker_client, image=IMAGE)
+    spec = ContainerSpec(image=IMAGE, runtime=runtime)
+    box = DockerSandbox(make_bridge(), ColdStart(spec, docker_client=docker_client))
     await box.start()
     first = box.container_id
     with anyio.move_on_after(1.0):  # a caller giving up (Ctrl-C) mid-cell
@@ -602,7 +602,7 @@ async def test_warm_pool_hands_each_container_to_one_session(
         await pool.wait_full()
         ids = []
         for _ in range(3):
-            box = DockerSandbox(make_bridge(), pool=pool)
+            box = DockerSandbox(make_bridge(), pool)
             await box.start()
             ids.append(box.container_id)
             await box.execute("x = 1", 10)
@@ -612,6 +612,37 @@ async def test_warm_pool_hands_each_container_to_one_session(
         await pool.wait_full()
         assert pool.ready == 2
     assert set(_ours(docker_client)) == before
+
+
+async def test_a_pools_cold_starts_keep_its_message_limit(docker_client: Any) -> None:
+    # size 0: every session's container is started cold, and must get the pool's limit.
+    async with ContainerPool(
+        ContainerSpec(image=IMAGE), size=0, docker_client=docker_client, max_message=100_000
+    ) as pool:
+        box = DockerSandbox(make_bridge(), pool, output_limit=1_000_000)
+        try:
+            with pytest.raises(ProtocolError, match="100,000-byte limit"):
+                await box.execute("print('x' * 300_000)", 30)
+        finally:
+            await box.close()
+        assert pool.cold_starts == 1
+
+
+async def test_a_pool_can_be_closed_from_another_task(docker_client: Any) -> None:
+    # A service's shutdown handler closes the pool while its owner still holds it.
+    before = set(_ours(docker_client))
+    spec = ContainerSpec(image=IMAGE)
+    for full in (True, False):  # full, and with starts still in flight
+        async with ContainerPool(spec, size=2, docker_client=docker_client) as pool:
+            if full:
+                await pool.wait_full()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(pool.close)
+            assert pool.ready == 0
+            assert set(_ours(docker_client)) == before
+            with pytest.raises(RuntimeError, match="async with"):
+                await pool.acquire()
+        assert set(_ours(docker_client)) == before
 
 
 async def test_cleanup_leftovers_removes_orphans_only(docker_client: Any) -> None:
@@ -686,8 +717,8 @@ async def test_start_says_what_to_do_when_it_cannot_run(
     from rlm.errors import SandboxUnavailable
 
     before = set(_ours(docker_client))
-    kwargs: dict[str, Any] = {"docker_client": docker_client, "image": IMAGE, **settings}
-    box = DockerSandbox(make_bridge(), **kwargs)
+    spec = ContainerSpec(**{"image": IMAGE, **settings})
+    box = DockerSandbox(make_bridge(), ColdStart(spec, docker_client=docker_client))
     with pytest.raises(SandboxUnavailable, match=hint.replace(".", r"\.")):
         await box.start()
     await box.close()

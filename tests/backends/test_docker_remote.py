@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rlm.backends.docker import LABEL, DockerSandbox, unavailable_reason
+from rlm.backends.docker import LABEL, ColdStart, ContainerSpec, DockerSandbox, unavailable_reason
 from rlm.config import RLMConfig
 from tests.support import IMAGE, FakeBatcher, make_bridge
 
@@ -128,8 +128,9 @@ async def test_a_session_runs_on_the_remote_engine(
 ) -> None:
     client, _ = remote_engine
     batcher = FakeBatcher()
+    spec = ContainerSpec(image=IMAGE, runtime=runtime)
     box = DockerSandbox(
-        make_bridge(batcher), runtime=runtime, docker_client=client, image=IMAGE, output_limit=5000
+        make_bridge(batcher), ColdStart(spec, docker_client=client), output_limit=5000
     )
     try:
         await box.start()
@@ -160,7 +161,8 @@ async def test_docker_host_is_honoured(
     client, url = remote_engine
     monkeypatch.setenv("DOCKER_HOST", url)
     assert unavailable_reason(RLMConfig(image=IMAGE)) is None
-    box = DockerSandbox(make_bridge(), image=IMAGE)  # no client given: from DOCKER_HOST
+    # No client given: the sandbox connects to DOCKER_HOST itself.
+    box = DockerSandbox(make_bridge(), spec=ContainerSpec(image=IMAGE))
     try:
         await box.start()
         assert box.container_id in [c["Id"] for c in client.api.containers()]

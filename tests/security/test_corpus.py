@@ -60,14 +60,14 @@ def restricted_run(corpus: list[Payload]) -> Run:
 
 @pytest.fixture(scope="module")
 def docker_runs(corpus: list[Payload], docker_client: Any) -> dict[str, Run]:
-    from rlm.backends.docker import _OWNER, LABEL, OWNER_LABEL
+    from rlm.backends.docker import LABEL, OWNER, OWNER_LABEL
 
     targets = [docker_target(rt, IMAGE, SUITE_OUTPUT_LIMIT) for rt in ("runc", "runsc")]
     before = ProcessSnapshot.take()
     reports = anyio.run(functools.partial(run_corpus, targets, corpus, parallel=True))
     after = ProcessSnapshot.take()
     mine = docker_client.api.containers(
-        all=True, filters={"label": [f"{LABEL}=1", f"{OWNER_LABEL}={_OWNER}"]}
+        all=True, filters={"label": [f"{LABEL}=1", f"{OWNER_LABEL}={OWNER}"]}
     )
     leftovers = [c["Id"][:12] for c in mine]
     applies = [p for p in corpus if p.applies_to("docker")]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from rlm.backends.docker import _OWNER, LABEL, OWNER_LABEL, ContainerSpec, cleanup_leftovers
+from rlm.backends.docker import LABEL, OWNER, OWNER_LABEL, ContainerSpec, cleanup_leftovers
 from tests.support import IMAGE
 
 
@@ -15,7 +15,7 @@ def test_cleanup_spares_a_container_its_live_owner_is_still_starting(docker_clie
     # `rlm doctor --cleanup` in one process while another creates a sandbox: between
     # create and start the container is "created", and must survive the cleanup.
     spec = ContainerSpec(image=IMAGE)
-    kwargs = spec.create_kwargs("rlm-sandbox-starting-test", {LABEL: "1", OWNER_LABEL: _OWNER})
+    kwargs = spec.create_kwargs("rlm-sandbox-starting-test", {LABEL: "1", OWNER_LABEL: OWNER})
     container = docker_client.containers.create(**kwargs)
     try:
         assert container.status == "created"

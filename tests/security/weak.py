@@ -22,10 +22,10 @@ import anyio.to_thread
 from rlm_sandbox.api import RLMCallError, make_functions
 
 from rlm.backends.base import CellResult, Sandbox
-from rlm.backends.docker import ContainerSpec, DockerSandbox
+from rlm.backends.docker import ContainerSpec
 from rlm.bridge import SessionBridge
 from rlm.errors import BridgeRefusal, VariableNotFound
-from rlm.security.targets import Target, docker_target
+from rlm.security.targets import Target, spec_target
 
 # Payloads that cash in through a transport's module look for ``os`` here.
 assert os is not None
@@ -104,20 +104,8 @@ class LeakySpec(ContainerSpec):
 
 def leaky_docker_target(runtime: str, image: str, output_limit: int) -> Target:
     """A Docker target whose containers leak the environment and share the network."""
-    sound = docker_target(runtime, image, output_limit)
-
-    def factory(bridge: SessionBridge) -> Sandbox:
-        box = sound.factory(bridge)
-        assert isinstance(box, DockerSandbox)
-        # Made when the sandbox is, so the environment holds the harness's canary.
-        box.spec = LeakySpec(**{f: getattr(box.spec, f) for f in box.spec.__dataclass_fields__})
-        return box
-
-    return Target(
-        name=f"leaky-docker:{runtime}",
-        kind="docker",
-        runtime=runtime,
-        factory=factory,
-        fingerprint=sound.fingerprint,
-        close=sound.close,
-    )
+    # The environment is read as each container is created, so it holds the
+    # harness's canary by then.
+    leaky = spec_target(LeakySpec(image=image, runtime=runtime), output_limit)
+    leaky.name = f"leaky-docker:{runtime}"
+    return leaky

@@ -1,0 +1,152 @@
+"""Checks and housekeeping for the CLI: is Docker usable, and what was left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from rlm.backends.docker.container import (
+    LABEL,
+    OWNER_LABEL,
+    ContainerSpec,
+    launch,
+    remove_quietly,
+    unavailable,
+    unreachable,
+)
+from rlm.backends.docker.engine import connect, engine_address
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from rlm.config import RLMConfig
+
+
+def unavailable_reason(config: RLMConfig) -> str | None:
+    """``None`` when Docker can run sandboxes for ``config``, else what is missing and
+    what to do about it (one line)."""
+    import docker
+    import docker.errors
+
+    spec = ContainerSpec.from_config(config)
+    try:
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as exc:
+        return unreachable(_short(exc))
+    try:
+        try:
+            client.images.get(spec.image)
+        except docker.errors.ImageNotFound as exc:
+            return str(unavailable(exc, spec))
+        if spec.runtime != "runc":
+            runtimes = client.info().get("Runtimes") or {}
+            if spec.runtime not in runtimes:
+                return (
+                    f"Docker runtime {spec.runtime!r} is not registered "
+                    "(run scripts/setup-docker.sh to add gVisor's runsc), or use --runtime runc"
+                )
+    except Exception as exc:
+        return f"Docker engine error: {_short(exc)}"
+    finally:
+        client.close()
+    return None
+
+
+def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
+    """``(check, ok, detail or what to do)`` for engine, image, runc and gVisor."""
+    from rlm.image import image_status
+
+    try:
+        client = connect()
+        version = client.version()
+    except Exception as exc:
+        return [
+            (
+                "docker engine",
+                False,
+                f"not reachable at {engine_address()} ({_short(exc)}); "
+                "run scripts/setup-docker.sh or start dockerd",
+            )
+        ]
+    checks: list[tuple[str, bool, str]] = [
+        (
+            "docker engine",
+            True,
+            f"{version.get('Version', '?')} at {engine_address()}",
+        )
+    ]
+    try:
+        ok, detail = image_status(config.image, client)
+        checks.append(("sandbox image", ok, detail))
+        if ok:
+            runtimes = client.info().get("Runtimes") or {}
+            for runtime, label in (("runc", "runc"), ("runsc", "gVisor (runsc)")):
+                if runtime not in runtimes:
+                    checks.append(
+                        (label, False, "not registered with Docker; run scripts/setup-docker.sh")
+                    )
+                    continue
+                checks.append((label, *_smoke_test(client, config.image, runtime)))
+    finally:
+        client.close()
+    return checks
+
+
+def _smoke_test(client: DockerClient, image: str, runtime: str) -> tuple[bool, str]:
+    async def probe() -> str:
+        started = time.monotonic()
+        box = await launch(client, ContainerSpec(image=image, runtime=runtime))
+        try:
+            return f"sandbox starts in {time.monotonic() - started:.2f} s (Python {box.python})"
+        finally:
+            await box.remove()
+
+    try:
+        return True, anyio.run(probe)
+    except Exception as exc:
+        return False, _short(exc, 300)
+
+
+def cleanup_leftovers(client: DockerClient | None = None, *, everything: bool = False) -> int:
+    """Remove sandbox containers left behind by a crashed rlm; returns how many.
+
+    A container is a leftover when it is not running, or when the process that
+    made it (``rlm.owner`` label) is gone from this host. A container its live
+    owner is still starting ("created") is not: removing it would kill another
+    process's session as it starts. ``everything=True`` removes every sandbox
+    container, including live sessions'.
+    """
+    client = connect(client)
+    host = socket.gethostname()
+    removed = 0
+    for item in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        owner = (item.get("Labels") or {}).get(OWNER_LABEL, "")
+        in_use = item.get("State") in ("running", "created")
+        if not everything and in_use and _owner_alive(owner, host):
+            continue
+        remove_quietly(client, item["Id"])
+        removed += 1
+    return removed
+
+
+def _owner_alive(owner: str, host: str) -> bool:
+    owner_host, _, pid = owner.rpartition(":")
+    if owner_host != host or not pid.isdigit():
+        return owner_host != host  # another machine's session: not ours to judge
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:limit]

@@ -1,0 +1,319 @@
+"""Sandbox containers: how they are made, started, handed over and removed.
+
+The container has no network, a read-only root, a small size-capped tmpfs at /tmp,
+no capabilities, no-new-privileges, a non-root user, pids/memory/CPU limits, the
+default seccomp profile and an empty environment. The host talks to the runner
+(``rlm_sandbox``) over the container process's own stdin/stdout through Docker's
+attach socket, so the same code works with runc, with gVisor (runsc) and with a
+remote engine (``DOCKER_HOST=tcp://...``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+from rlm_sandbox import protocol
+
+from rlm.backends.docker.channel import Channel, ContainerGone
+from rlm.backends.docker.engine import engine_address
+from rlm.errors import ProtocolError, SandboxUnavailable
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from rlm.config import RLMConfig
+
+log = logging.getLogger(__name__)
+
+#: Label on every sandbox container (``rlm doctor --cleanup`` finds them by it).
+LABEL = "rlm.sandbox"
+#: ``host:pid`` of the process that created the container.
+OWNER_LABEL = "rlm.owner"
+#: This process's value of :data:`OWNER_LABEL`.
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+SANDBOX_UID = "10001:10001"
+
+# Docker acts on its detach key sequence even in a binary attach stream; the
+# protocol never sends control characters, so control keys can never match.
+_DETACH_KEYS = "ctrl-^,ctrl-_"
+_HANDSHAKE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """How sandbox containers are made; one spec per pool.
+
+    ``memory`` defaults to 2g (swap included, so no swap): chunking a 100 MB context
+    in model code (lines, chunks, prompts, the batch in flight) peaks near 1 GB.
+    """
+
+    image: str = "rlm-sandbox:latest"
+    runtime: str = "runc"
+    memory: str = "2g"
+    pids: int = 128
+    cpus: float = 1.0
+    tmpfs_size: str = "64m"
+
+    @classmethod
+    def from_config(cls, config: RLMConfig) -> ContainerSpec:
+        """The image, runtime and limits ``config`` asks for."""
+        return cls(
+            image=config.image,
+            runtime=config.docker_runtime,
+            memory=config.docker_memory,
+            cpus=config.docker_cpus,
+        )
+
+    def create_kwargs(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        from docker.types import LogConfig, Ulimit
+
+        return {
+            "image": self.image,
+            "name": name,
+            "detach": True,
+            "stdin_open": True,
+            "tty": False,
+            "runtime": self.runtime,
+            "network_mode": "none",
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size},mode=1777"},
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "user": SANDBOX_UID,
+            "working_dir": "/tmp",
+            "pids_limit": self.pids,
+            "mem_limit": self.memory,
+            "memswap_limit": self.memory,
+            "nano_cpus": int(self.cpus * 1e9),
+            "ulimits": [Ulimit(name="core", soft=0, hard=0)],
+            "environment": {},
+            "hostname": "sandbox",
+            "ipc_mode": "private",
+            # Attach still works without a log driver; logging would copy every
+            # protocol byte (a 100 MB context) to the engine's disk.
+            "log_config": LogConfig(type=LogConfig.types.NONE),
+            "labels": labels,
+        }
+
+
+def unavailable(exc: Exception, spec: ContainerSpec) -> SandboxUnavailable:
+    """What an error from the Docker SDK means for running ``spec``, and what to do.
+
+    A missing image, an engine that refuses the container (an unknown runtime, ...)
+    and anything else (the engine cannot be reached) each get their own advice.
+    """
+    import docker.errors
+
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return SandboxUnavailable(
+            f"image {spec.image} not found; run `rlm image build` (or `rlm image build --offline`)"
+        )
+    if isinstance(exc, docker.errors.APIError):
+        text = str(exc)
+        if "unknown or invalid runtime" in text or ("runtime" in text and spec.runtime in text):
+            return SandboxUnavailable(
+                f"Docker has no runtime {spec.runtime!r} ({text[:200]}); for gVisor run "
+                "scripts/setup-docker.sh (it registers runsc), or use --runtime runc"
+            )
+        return SandboxUnavailable(f"Docker refused to run the sandbox container: {text[:300]}")
+    return SandboxUnavailable(unreachable(str(exc)))
+
+
+def unreachable(detail: str) -> str:
+    """The engine cannot be reached (``detail`` says how it failed): what to do."""
+    return (
+        f"Docker engine not reachable at {engine_address()} ({detail}); "
+        "start it (scripts/setup-docker.sh) or use --backend restricted"
+    )
+
+
+@dataclass(eq=False)
+class SandboxContainer:
+    """A started container with its channel, handshake done, ready for one session."""
+
+    client: DockerClient
+    container: Container
+    channel: Channel
+    spec: ContainerSpec
+    python: str = ""
+    created: float = field(default_factory=time.monotonic)
+    _finalizer: Any = None
+
+    def __post_init__(self) -> None:
+        # Removes the container if the process exits without close() (Ctrl-C in a
+        # sync caller, an interpreter shutdown): a best-effort net under close().
+        self._finalizer = weakref.finalize(self, remove_quietly, self.client, self.id)
+
+    @property
+    def id(self) -> str:
+        return str(self.container.id)
+
+    async def remove(self) -> None:
+        """Kill and remove the container; safe to call twice, survives cancellation."""
+        self.channel.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._finalizer)
+
+    def alive(self) -> bool:
+        """True if the channel is open and the runner has sent nothing unasked."""
+        if self.channel.closed:
+            return False
+        try:
+            data = self.channel.sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return True
+        except OSError:
+            return False
+        # EOF, or bytes while idle (a late message is fine: the next read sees it).
+        return bool(data)
+
+    async def inspect_state(self) -> dict[str, Any]:
+        def read() -> dict[str, Any]:
+            try:
+                return dict(self.client.api.inspect_container(self.id).get("State") or {})
+            except Exception as exc:
+                return {"Error": str(exc)}
+
+        with anyio.CancelScope(shield=True):
+            state = await anyio.to_thread.run_sync(read)
+        return state
+
+
+def remove_quietly(client: DockerClient, container_id: str) -> None:
+    """Force-remove a container; logs (never raises) unless it is already gone."""
+    try:
+        client.api.remove_container(container_id, force=True)
+    except Exception as exc:
+        if "No such container" not in str(exc) and "is already in progress" not in str(exc):
+            log.warning("could not remove sandbox container %s: %s", container_id[:12], exc)
+
+
+async def launch(
+    client: DockerClient,
+    spec: ContainerSpec,
+    *,
+    labels: Mapping[str, str] | None = None,
+    max_message: int = protocol.DEFAULT_MAX_MESSAGE,
+) -> SandboxContainer:
+    """Create, attach, start and handshake one container (removed again on failure)."""
+    import docker.errors
+
+    name = f"rlm-sandbox-{uuid.uuid4().hex[:12]}"
+    all_labels = {LABEL: "1", OWNER_LABEL: OWNER, **(labels or {})}
+
+    def create() -> Container:
+        return client.containers.create(**spec.create_kwargs(name, all_labels))
+
+    try:
+        # Shielded: a cancellation (Ctrl-C) that lands while the engine creates the
+        # container must not lose the only handle to it; the checkpoint below then
+        # raises it, and the cleanup further down removes the container.
+        with anyio.CancelScope(shield=True):
+            container = await anyio.to_thread.run_sync(create)
+    except docker.errors.DockerException as exc:
+        raise unavailable(exc, spec) from None
+    box: SandboxContainer | None = None
+    try:
+        await anyio.lowlevel.checkpoint()
+
+        def attach_and_start() -> Any:
+            sock = client.api.attach_socket(
+                str(container.id),
+                params={
+                    "stdin": 1,
+                    "stdout": 1,
+                    "stderr": 1,
+                    "stream": 1,
+                    "detachKeys": _DETACH_KEYS,
+                },
+            )
+            container.start()
+            return sock
+
+        try:
+            sock = await anyio.to_thread.run_sync(attach_and_start)
+        except docker.errors.APIError as exc:
+            raise unavailable(exc, spec) from None
+        box = SandboxContainer(client, container, Channel(sock, max_message=max_message), spec)
+        await box.channel.send({"type": "hello", "protocol": protocol.PROTOCOL_VERSION})
+        with anyio.move_on_after(_HANDSHAKE_TIMEOUT):
+            hello = None
+            try:
+                hello = await box.channel.receive()
+            except ContainerGone as exc:
+                state = await box.inspect_state()
+                tail = bytes(box.channel.stderr).decode("utf-8", "replace").strip()
+                raise SandboxUnavailable(
+                    f"the sandbox container exited during start-up ({exc}; exit code "
+                    f"{state.get('ExitCode')}): {tail[-500:] or 'no output'}; "
+                    "rebuild the image with `rlm image build`"
+                ) from None
+        if hello is None:
+            raise SandboxUnavailable(
+                f"the sandbox container did not answer within {_HANDSHAKE_TIMEOUT:g} s; "
+                f"check the engine (`docker info`) and the image ({spec.image})"
+            )
+        if hello["type"] != "hello":
+            raise ProtocolError(f"expected hello from the sandbox, got {hello['type']}")
+        if hello["protocol"] != protocol.PROTOCOL_VERSION:
+            raise SandboxUnavailable(
+                f"image {spec.image} speaks protocol {hello['protocol']}, this rlm speaks "
+                f"{protocol.PROTOCOL_VERSION}; rebuild it with `rlm image build`"
+            )
+        box.python = hello["python"][:40]
+        return box
+    except BaseException:
+        if box is not None:
+            await box.remove()
+        else:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_quietly, client, str(container.id))
+        raise
+
+
+def describe_exit(
+    state: dict[str, Any], spec: ContainerSpec, *, detail: str = "", stderr: str = ""
+) -> str:
+    """Why a container stopped, in words a model (and a user) can act on."""
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        return (
+            f"it ran out of memory (limit {spec.memory}) and was killed; "
+            "hold less data at once, e.g. process the context in chunks"
+        )
+    if state.get("Running"):
+        return f"its channel broke ({detail}) while it was still running"
+    if code == 137 and spec.runtime == "runsc":
+        # Under gVisor the engine flags an out-of-memory kill only some of the time
+        # (seen in CI: a 400 MB allocation under a 192 MB limit came back as plain
+        # exit 137), so both causes are named.
+        return (
+            "it was killed (SIGKILL, exit 137): under gVisor the engine does not always "
+            f"flag out-of-memory kills, so it either ran out of memory (limit {spec.memory}) "
+            "or was killed from outside the sandbox; if it was memory, hold less data at once"
+        )
+    if code == 137:
+        return "it was killed (SIGKILL, exit 137), e.g. from outside the sandbox or for memory"
+    if code is None:
+        return f"it is gone ({state.get('Error') or detail})"
+    extra = f"; last output: {stderr}" if stderr else ""
+    if spec.runtime == "runsc" and code not in (0, 1):
+        # gVisor's own host threads count against the container's limits, so a
+        # fork/thread bomb ends the whole sandbox instead of failing in the code.
+        extra += (
+            f"; under gVisor this usually means the sandbox hit its pids ({spec.pids}) "
+            f"or memory ({spec.memory}) limit"
+        )
+    return f"its process exited with code {code}{extra}"
