@@ -104,26 +104,8 @@ def docker_problem(config: RLMConfig) -> str | None:
         from rlm.backends import docker as docker_backend
     except ImportError as exc:
         return f"the Docker backend is not installed ({exc})"
-    problem: str | None = docker_backend.unavailable_reason(config)
-    if problem is not None:
-        return problem
-    if config.docker_runtime != "runc":
-        try:
-            import docker
-
-            client = docker.from_env()
-            try:
-                runtimes = client.info().get("Runtimes", {})
-            finally:
-                client.close()
-        except Exception as exc:
-            return f"cannot ask the Docker engine for its runtimes ({exc})"
-        if config.docker_runtime not in runtimes:
-            return (
-                f"the Docker engine has no {config.docker_runtime!r} runtime; "
-                "run scripts/setup-docker.sh to install and register gVisor"
-            )
-    return None
+    # One look at the engine: it checks the runtime too (unless it is runc).
+    return docker_backend.unavailable_reason(config)
 
 
 def select_targets(

@@ -681,6 +681,29 @@ def test_unavailable_reason_says_what_to_do(
     assert engine is not None and "not reachable" in engine and "--backend restricted" in engine
 
 
+def test_the_security_check_asks_the_engine_once_per_runtime(
+    docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import docker
+
+    from rlm.security.targets import docker_problem
+
+    opened: list[object] = []
+    from_env = docker.from_env
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return from_env(*args, **kwargs)
+
+    monkeypatch.setattr(docker, "from_env", counted)
+    config = RLMConfig(image=IMAGE, docker_runtime="runsc")
+    assert docker_problem(config) is None
+    assert len(opened) == 1
+    missing = docker_problem(config.with_(docker_runtime="no-such-runtime"))
+    assert missing is not None and "setup-docker.sh" in missing
+    assert len(opened) == 2
+
+
 def test_doctor_checks_engine_image_and_both_runtimes(docker_client: Any) -> None:
     checks = {name: (ok, detail) for name, ok, detail in doctor_checks(RLMConfig(image=IMAGE))}
     assert set(checks) == {"docker engine", "sandbox image", "runc", "gVisor (runsc)"}
