@@ -8,9 +8,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
@@ -19,11 +19,13 @@ from rich.table import Table
 from rlm.config import BACKENDS, RLMConfig
 from rlm.errors import BridgeRefusal, RLMError
 
+if TYPE_CHECKING:
+    from rlm.session import SessionState
+    from rlm.subcalls.batcher import SubResult
+
 # soft_wrap: an error stays one line however narrow the terminal.
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,9 +242,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 class _NoModel:
     """Stands in for the batcher when no model is configured, so the refusal is clear."""
 
-    client = None
-
-    async def run(self, *args: Any, **kwargs: Any) -> Any:
+    async def run(
+        self, session: SessionState, model: str, prompts: list[str], max_concurrent: int | None
+    ) -> list[SubResult]:
         raise BridgeRefusal(
             "no model is configured for sub-calls: set OPENAI_API_KEY (and OPENAI_BASE_URL "
             "for a local server) and RLM_SUB_MODEL"
@@ -268,31 +270,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 async def _exec(config: RLMConfig, code: str, timeout: float) -> tuple[Any, str]:
-    from rlm.backends import create_sandbox, resolve_backend
-    from rlm.bridge import SessionBridge
-    from rlm.provider.client import ModelClient
-    from rlm.session import SessionState
-    from rlm.subcalls.batcher import Batcher
+    from rlm.stack import build_session, choose_backend
 
-    client = None
-    batcher: Any = _NoModel()
-    sub_model = config.effective_sub_model
-    if config.api_key and sub_model:
-        client = ModelClient(
-            api_key=config.api_key, base_url=config.base_url, timeout=config.request_timeout
-        )
-        batcher = Batcher(client)
-    session = SessionState(sub_model=sub_model or "unconfigured", limits=config.limits)
-    backend, _ = resolve_backend(config)
-    sandbox = create_sandbox(backend, SessionBridge(batcher, session), config)
+    # Without a model, sub-calls are refused with what to set (the cell still runs).
+    no_model = not (config.api_key and config.effective_sub_model)
+    stack = build_session(
+        config, await choose_backend(config), batcher=_NoModel() if no_model else None
+    )
     try:
-        await sandbox.start()
-        return await sandbox.execute(code, timeout), sandbox.name
+        await stack.start()
+        return await stack.sandbox.execute(code, timeout), stack.sandbox.name
     finally:
-        with anyio.CancelScope(shield=True):
-            await sandbox.close()
-            if client is not None:
-                await client.aclose()
+        await stack.aclose()
 
 
 # -- doctor / image -----------------------------------------------------------------------
@@ -325,10 +314,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for name, ok, detail in checks:
         table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", detail)
     stdout.print(table)
-    from rlm.backends import resolve_backend
+    from rlm.stack import resolve_backend
 
-    backend, reason = resolve_backend(config.with_(backend="auto"))
-    stdout.print(f"--backend auto would use [bold]{backend}[/] ({reason})")
+    choice = resolve_backend(config.with_(backend="auto"))
+    stdout.print(f"--backend auto would use [bold]{choice.name}[/] ({choice.reason})")
     return 0 if checks[0][1] else 1
 
 

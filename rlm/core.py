@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rlm.backends import CellResult, Sandbox, create_sandbox, resolve_backend
-from rlm.bridge import SessionBridge
+from rlm.backends import CellResult, Sandbox
 from rlm.config import RLMConfig
 from rlm.errors import ConfigurationError, VariableNotFound
 from rlm.parsing import parse_reply
@@ -25,6 +24,7 @@ from rlm.prompts import (
 from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
 from rlm.result import RLMResult
 from rlm.session import SessionState
+from rlm.stack import BackendChoice, build_session, choose_backend
 from rlm.subcalls.batcher import Batcher
 from rlm.subcalls.retry import RetryPolicy
 from rlm.trajectory import Trajectory
@@ -74,6 +74,7 @@ class RLM:
         self.stream = stream
         self._batcher = batcher
         self._pool = pool
+        self._backend: BackendChoice | None = None
 
     def completion(self, context: Any, query: str) -> RLMResult:
         """Answer ``query`` about ``context`` (blocking)."""
@@ -89,23 +90,19 @@ class RLM:
             )
         _check_context(context)
         started = time.monotonic()
+        if self._backend is None:
+            # Once per RLM, off the event loop: `auto` asks the Docker engine.
+            self._backend = await choose_backend(config)
         trajectory = Trajectory(self.trajectory_path, on_event=self.on_event)
-        own_client: ModelClient | None = None
-        batcher = self._batcher
-        if batcher is None:
-            own_client = ModelClient(
-                api_key=config.api_key, base_url=config.base_url, timeout=config.request_timeout
+        try:
+            stack = build_session(
+                config, self._backend, batcher=self._batcher, pool=self._pool, emit=trajectory.emit
             )
-            batcher = Batcher(own_client)
-        client = batcher.client
-        session = SessionState(
-            sub_model=config.effective_sub_model or config.model,
-            limits=config.limits,
-            tenant=config.tenant,
-            emit=trajectory.emit,
-        )
-        backend, reason = resolve_backend(config)
-        sandbox = create_sandbox(backend, SessionBridge(batcher, session), config, pool=self._pool)
+        except BaseException:
+            trajectory.close()
+            raise
+        session, sandbox = stack.session, stack.sandbox
+        assert stack.client is not None  # a Batcher always has one
         trajectory.add(
             "run_start",
             query=query,
@@ -113,12 +110,11 @@ class RLM:
             model=config.model,
             sub_model=session.sub_model,
             backend=sandbox.name,
-            backend_reason=reason,
+            backend_reason=self._backend.reason,
         )
         try:
-            await sandbox.start()
-            await sandbox.load_context(context)
-            run = _Run(config, client, sandbox, session, trajectory, stream=self.stream)
+            await stack.start(context)
+            run = _Run(config, stack.client, sandbox, session, trajectory, stream=self.stream)
             answer, iterations, forced = await run.loop(query, context)
             trajectory.add("final", answer=answer, forced=forced)
             trajectory.add("usage", **session.usage.to_dict())
@@ -133,11 +129,8 @@ class RLM:
                 trajectory=trajectory.events,
             )
         finally:
-            with anyio.CancelScope(shield=True):
-                await sandbox.close()
-                if own_client is not None:
-                    await own_client.aclose()
-                trajectory.close()
+            await stack.aclose()
+            trajectory.close()
 
 
 def _check_context(context: Any) -> None:

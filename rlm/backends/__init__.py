@@ -17,21 +17,7 @@ if TYPE_CHECKING:
     from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
 
-__all__ = ["CellResult", "Sandbox", "create_sandbox", "resolve_backend"]
-
-
-def resolve_backend(config: RLMConfig) -> tuple[str, str]:
-    """Pick the backend to use: ``(name, reason)``. ``auto`` prefers Docker."""
-    if config.backend == "restricted":
-        return "restricted", "asked for"
-    if config.backend == "docker":
-        return "docker", "asked for"
-    from rlm.backends import docker
-
-    problem = docker.unavailable_reason(config)
-    if problem is None:
-        return "docker", "Docker engine and image found"
-    return "restricted", f"Docker not usable ({problem})"
+__all__ = ["CellResult", "Sandbox", "create_sandbox"]
 
 
 def create_sandbox(

@@ -25,7 +25,8 @@ from typing import Any
 import anyio
 
 from rlm.backends.base import CellResult, Sandbox
-from rlm.bridge import SessionBridge
+from rlm.bridge import BatchRunner, SessionBridge
+from rlm.config import RLMConfig
 from rlm.errors import RLMError, VariableNotFound
 from rlm.provider.client import ModelClient
 from rlm.security.corpus import MARKER, Expectation, Payload
@@ -33,6 +34,7 @@ from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
 from rlm.security.report import PayloadResult, TargetReport
 from rlm.security.targets import Target
 from rlm.session import SessionLimits, SessionState
+from rlm.stack import build_session
 from rlm.subcalls.batcher import Batcher
 from rlm.subcalls.retry import RetryPolicy
 from rlm.testing import OfflineModelServer
@@ -83,7 +85,7 @@ class RecordingBridge(SessionBridge):
     ``session`` is swapped by the harness for each payload; the sandbox never sees it.
     """
 
-    def __init__(self, batcher: Batcher, session: SessionState, canary: Canary) -> None:
+    def __init__(self, batcher: BatchRunner, session: SessionState, canary: Canary) -> None:
         super().__init__(batcher, session)
         self.canary = canary
         self.frames = 0
@@ -241,22 +243,21 @@ class SecurityHarness:
     def new_session(self) -> SessionState:
         return SessionState(sub_model=SUB_MODEL, limits=self.limits, tenant="attacker-tenant")
 
-    def new_bridge(self) -> RecordingBridge:
-        assert self.batcher is not None
-        return RecordingBridge(self.batcher, self.new_session(), self.canary)
-
     # -- running ------------------------------------------------------------------
 
     async def start_sandbox(self, target: Target) -> tuple[Sandbox, RecordingBridge]:
-        bridge = self.new_bridge()
-        sandbox = target.factory(bridge)
-        try:
-            await sandbox.start()
-            await sandbox.load_context(SUITE_CONTEXT)
-        except BaseException:
-            await _close_quietly(sandbox)
-            raise
-        return sandbox, bridge
+        assert self.batcher is not None
+        canary = self.canary
+        stack = build_session(
+            RLMConfig(sub_model=SUB_MODEL),
+            batcher=self.batcher,
+            session=self.new_session(),
+            sandboxes=target.factory,
+            bridge=lambda batcher, session: RecordingBridge(batcher, session, canary),
+        )
+        await stack.start(SUITE_CONTEXT)
+        assert isinstance(stack.bridge, RecordingBridge)
+        return stack.sandbox, stack.bridge
 
     async def run_target(self, target: Target, payloads: list[Payload]) -> TargetReport:
         """Run every payload that applies to ``target``; then check the host's health."""
