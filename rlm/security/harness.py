@@ -13,24 +13,30 @@ request count and the image's identity.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-import re
 import sys
 import time
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-from rlm.backends.base import CellResult, Sandbox
+from rlm.backends.base import Sandbox
 from rlm.bridge import BatchRunner, SessionBridge
 from rlm.config import RLMConfig
-from rlm.errors import RLMError, VariableNotFound
+from rlm.errors import VariableNotFound
 from rlm.provider.client import ModelClient
-from rlm.security.corpus import MARKER, Expectation, Payload
+from rlm.security.corpus import MARKER, Payload
 from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
+from rlm.security.judge import (
+    VARIABLE_READ_LIMIT,
+    Observation,
+    Rules,
+    describe,
+    host_integrity,
+    integrity_changes,
+    judge,
+)
 from rlm.security.report import PayloadResult, TargetReport
 from rlm.security.targets import Target
 from rlm.session import SessionLimits, SessionState
@@ -52,10 +58,6 @@ SUITE_RETRY = RetryPolicy(max_tries=2, base_delay=0.05, max_delay=0.2, max_elaps
 SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
 #: Characters each cell may print (kept small so the output flood stays cheap).
 SUITE_OUTPUT_LIMIT = 4_000
-_OUTPUT_SLACK = 200
-#: Seconds reading a variable back may take: above the backends' own bounds (10 s for
-#: restricted, 30 s for Docker, after which they restart), so only a hang is flagged.
-VARIABLE_READ_LIMIT = 35.0
 #: Seconds the provider may still be serving a payload's sub-calls after its cell ended.
 _LINGER_LIMIT = 5.0
 
@@ -140,35 +142,6 @@ class _Heartbeat:
         self.worst = max(self.worst, time.monotonic() - self.last - self.interval)
 
 
-@dataclass
-class _Observation:
-    code: str = ""
-    result: CellResult | None = None
-    raised: BaseException | None = None
-    overran: bool = False
-    seconds: float = 0.0
-    variables: dict[str, str] = field(default_factory=dict)
-    unreadable: list[str] = field(default_factory=list)
-
-
-def _text(result: CellResult | None, raised: BaseException | None, code: str = "") -> str:
-    """Everything the cell showed, minus the traceback's echo of the cell's own source.
-
-    A traceback quotes the line that failed, so ``print("ESCAPED", ...)`` failing would
-    otherwise look like the attack got through; a line the cell printed or raised is
-    never a verbatim line of its source unless the payload arranges it, and none does.
-    """
-    source = {line.strip() for line in code.splitlines() if line.strip()}
-    parts = []
-    if result is not None:
-        parts += [result.stdout, result.stderr]
-        error = result.error or ""
-        parts += [line for line in error.splitlines() if line.strip() not in source]
-    if raised is not None:
-        parts.append(str(raised))
-    return "\n".join(parts)
-
-
 class SecurityHarness:
     """The host-side world the corpus attacks. Use as ``async with SecurityHarness():``."""
 
@@ -187,6 +160,7 @@ class SecurityHarness:
         #: job, so harnesses running side by side never unset each other's).
         self._own_canary = canary is None
         self.canary = canary or Canary.new()
+        self.rules = Rules(grace, output_limit, self.canary, limits.max_sub_calls)
         self.fixtures: HostFixtures | None = None
         self.server: OfflineModelServer | None = None
         self.client: ModelClient | None = None
@@ -362,7 +336,7 @@ class SecurityHarness:
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
         integrity = host_integrity()
         code = payload.render(self.placeholders())
-        seen = _Observation(code=code)
+        seen = Observation(code=code)
         heartbeat = _Heartbeat()
         async with anyio.create_task_group() as watch:
             watch.start_soon(heartbeat.run)
@@ -370,7 +344,7 @@ class SecurityHarness:
             heartbeat.stop()
             watch.cancel_scope.cancel()
         expect = payload.expectation(target.kind, target.runtime)
-        problems = self.judge(payload, expect, seen, bridge, session)
+        problems = judge(self.rules, payload, expect, seen, bridge.leaks, session)
         if heartbeat.worst > HOST_STALL_LIMIT:
             problems.append(
                 f"the host's event loop stalled for {heartbeat.worst:.1f} s while the payload "
@@ -409,7 +383,7 @@ class SecurityHarness:
             self.fixtures.remove_writes()  # blamed on this payload only
         if not self.fixtures.secret_intact():
             problems.append("the host's secret file was changed")
-        evidence = _evidence(seen).replace(self.canary.value, "<CANARY>")
+        evidence = describe(seen).replace(self.canary.value, "<CANARY>")
         if heartbeat.worst > 0.5:
             evidence += f" | host loop stalled {heartbeat.worst:.1f}s"
         ignored = self.unraisable[unraisable_mark:]
@@ -439,7 +413,7 @@ class SecurityHarness:
             await anyio.sleep(0.05)
         return max(0, self.server.stats.in_flight - mark)
 
-    async def _attack(self, sandbox: Sandbox, payload: Payload, seen: _Observation) -> bool:
+    async def _attack(self, sandbox: Sandbox, payload: Payload, seen: Observation) -> bool:
         """Run the cell, then read its variables back; True if the sandbox must go."""
         started = time.monotonic()
         with anyio.move_on_after(payload.timeout + self.grace) as scope:
@@ -465,173 +439,6 @@ class SecurityHarness:
                 seen.variables[name] = f"<could not read: {exc!r}>"
                 broken = True
         return broken
-
-    def judge(
-        self,
-        payload: Payload,
-        expect: Expectation,
-        seen: _Observation,
-        bridge: RecordingBridge,
-        session: SessionState,
-    ) -> list[str]:
-        """Everything wrong with what a payload produced; empty when contained."""
-        problems: list[str] = []
-        result, raised = seen.result, seen.raised
-        limit = payload.timeout + self.grace
-        for name in seen.unreadable:
-            problems.append(
-                f"reading variable {name!r} back did not finish in {VARIABLE_READ_LIMIT:g} s"
-            )
-        if seen.overran:
-            problems.append(
-                f"the cell was not stopped within its limit: still running after "
-                f"{seen.seconds:.1f} s (timeout {payload.timeout:g} s + grace {self.grace:g} s)"
-            )
-        elif seen.seconds > limit:
-            problems.append(
-                f"the cell took {seen.seconds:.1f} s, over its limit of {payload.timeout:g} s "
-                f"+ {self.grace:g} s grace"
-            )
-        if raised is not None and not isinstance(raised, RLMError):
-            problems.append(f"the backend crashed: {type(raised).__name__}: {str(raised)[:300]}")
-
-        # What the cell came to.
-        errored = raised is not None or (result is not None and result.error is not None)
-        timed_out = result is not None and result.timed_out
-        restarted = result is not None and result.state_lost
-        message = str(raised) if raised is not None else (result.error or "" if result else "")
-        outcome = expect.outcome
-        if not seen.overran:
-            if outcome == "ok" and errored:
-                problems.append(f"expected the cell to succeed, it failed: {message[-300:]}")
-            elif outcome == "error" and (not errored or timed_out):
-                problems.append(
-                    "expected an error, the cell timed out" if timed_out else "expected an error"
-                )
-            elif outcome == "timeout" and not timed_out:
-                problems.append("expected the cell to be stopped by its timeout")
-            elif outcome == "limited":
-                if not (errored or timed_out or restarted):
-                    problems.append("expected a limit to stop the cell, it ran to its end")
-                elif not message.strip():
-                    problems.append("a limit stopped the cell without saying why")
-        if (
-            expect.error_match is not None
-            and errored
-            and not re.search(expect.error_match, message)
-        ):
-            problems.append(f"the error does not match {expect.error_match!r}")
-        if expect.state_lost is not None and restarted != expect.state_lost:
-            problems.append(f"expected state_lost={expect.state_lost}, got {restarted}")
-
-        stdout = result.stdout if result is not None else ""
-        all_text = _text(result, raised, seen.code)
-        for token in expect.forbid:
-            if token and token in all_text:
-                problems.append(f"the output shows {token!r}: the attack got through")
-        if not seen.overran and raised is None:
-            for token in expect.stdout_has:
-                if token not in stdout:
-                    problems.append(f"stdout lacks {token!r}")
-        for token in expect.stdout_lacks:
-            if token in stdout:
-                problems.append(f"stdout contains {token!r}")
-        if result is not None:
-            cap = self.output_limit + _OUTPUT_SLACK
-            for name in ("stdout", "stderr"):
-                size = len(getattr(result, name))
-                if size > cap:
-                    problems.append(f"{name} has {size:,} characters, over the cap of {cap:,}")
-            if expect.max_stdout is not None and len(stdout) > expect.max_stdout:
-                problems.append(
-                    f"stdout has {len(stdout):,} characters, over {expect.max_stdout:,}"
-                )
-            if expect.truncated is not None and result.truncated != expect.truncated:
-                problems.append(f"expected truncated={expect.truncated}, got {result.truncated}")
-            if not math.isfinite(result.duration_s) or result.duration_s < 0:
-                problems.append(f"the backend reported a bogus duration {result.duration_s!r}")
-
-        # The canary, wherever the sandbox could have put it.
-        places = {"stdout": stdout}
-        if result is not None:
-            places.update(stderr=result.stderr, error=result.error or "")
-        if raised is not None:
-            places["exception"] = str(raised)
-        places.update({f"variable {k}": v for k, v in seen.variables.items()})
-        for where, text in places.items():
-            if self.canary.found_in(text):
-                problems.append(f"the canary secret leaked into {where}")
-        for leak in bridge.leaks:
-            problems.append(f"the canary secret crossed the bridge in a {leak}")
-        if session.tenant != "attacker-tenant":
-            problems.append(f"the session's tenant changed to {session.tenant!r}")
-        budget = self.limits.max_sub_calls
-        if budget is not None and session.calls_admitted > budget:
-            problems.append(f"{session.calls_admitted} sub-calls admitted, over {budget}")
-        return problems
-
-
-#: Host modules and classes model code in an in-process backend can get hold of; none
-#: of their public attributes may be rebound by a payload.
-_WATCHED_MODULES = (
-    "builtins",
-    "json",
-    "re",
-    "math",
-    "string",
-    "collections",
-    "itertools",
-    "functools",
-    "statistics",
-    "textwrap",
-    "datetime",
-    "operator",
-    "random",
-    "rlm_sandbox.api",
-)
-
-
-def host_integrity() -> dict[str, int]:
-    """Identity of every public attribute of the watched modules and API classes."""
-    import importlib
-
-    from rlm_sandbox import api
-
-    marks: dict[str, int] = {}
-    for name in _WATCHED_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        for attr, value in list(vars(module).items()):
-            if not attr.startswith("_"):
-                marks[f"{name}.{attr}"] = id(value)
-    for cls in (api.LLMError, api.RLMCallError, str, list, dict, object):
-        for attr, value in list(vars(cls).items()):
-            marks[f"{cls.__qualname__}.{attr}"] = id(value)
-    return marks
-
-
-def integrity_changes(before: dict[str, int], after: dict[str, int]) -> list[str]:
-    changed = [k for k, v in after.items() if before.get(k) != v]
-    return sorted(changed + [k for k in before if k not in after])
-
-
-def _evidence(seen: _Observation) -> str:
-    bits = [f"{seen.seconds:.2f}s"]
-    if seen.raised is not None:
-        bits.append(f"raised {type(seen.raised).__name__}: {str(seen.raised)[:300]}")
-    r = seen.result
-    if r is not None:
-        flags = [n for n in ("timed_out", "state_lost", "truncated") if getattr(r, n)]
-        if flags:
-            bits.append(",".join(flags))
-        if r.stdout:
-            bits.append(f"stdout={r.stdout[:300]!r}")
-        if r.error:
-            last = r.error.strip().splitlines()[-1] if r.error.strip() else r.error
-            bits.append(f"error={last[:300]!r}")
-    return " | ".join(bits)
 
 
 async def _close_quietly(sandbox: Sandbox) -> None:

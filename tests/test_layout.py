@@ -1,0 +1,65 @@
+"""The shape the design promises: small modules, and no module importing itself back.
+
+A cycle is counted through every import, lazy ones inside functions and those under
+``TYPE_CHECKING`` included: each is a dependency a reader has to follow.
+"""
+
+from __future__ import annotations
+
+import ast
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+#: Package name → its folder in the checkout (sandbox/ is installed as rlm_sandbox).
+PACKAGES = {"rlm": REPO / "rlm", "rlm_sandbox": REPO / "sandbox"}
+MAX_LINES = 600
+
+
+def modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for package, root in PACKAGES.items():
+        for path in root.rglob("*.py"):
+            parts = [package, *path.relative_to(root).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules ``path`` imports, by any import statement anywhere in it."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name in known}
+
+
+def test_no_module_is_over_the_size_limit() -> None:
+    sizes = {
+        name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules().items()
+    }
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_no_import_cycle_between_modules() -> None:
+    known = modules()
+    graph = {name: imports(path, known) - {name} for name, path in known.items()}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
+
+
+def test_the_scan_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
+    known = {"rlm.a": tmp_path / "a.py", "rlm.b": tmp_path / "b.py", "rlm.c": tmp_path / "c.py"}
+    known["rlm.a"].write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from rlm.b import Thing\n"
+        "def later():\n    import rlm.c\n"
+    )
+    assert imports(known["rlm.a"], known) == {"rlm.b", "rlm.c"}
