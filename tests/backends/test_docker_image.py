@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tarfile
 from io import BytesIO
@@ -13,6 +14,7 @@ import pytest
 from rlm.image import (
     DOCKERFILE,
     OFFLINE_BASE,
+    RUNNER_LABEL,
     apt_mirror,
     build_context,
     build_image,
@@ -82,9 +84,55 @@ def test_apt_mirror_on_this_machine_comes_from_its_sources() -> None:
 
 
 @pytest.mark.docker
-def test_the_test_image_is_current(docker_client: Any) -> None:
-    ok, detail = image_status(IMAGE, docker_client)
-    assert ok and "up to date" in detail
+def test_the_test_image_runs_this_checkouts_runner(docker_client: Any) -> None:
+    # The label says which runner an image was built from; this reads the runner
+    # files inside the image itself and hashes them as runner_hash() does.
+    script = (
+        "import hashlib, pathlib\n"
+        "d = hashlib.sha256()\n"
+        "for p in sorted(pathlib.Path('/opt/rlm/rlm_sandbox').glob('*.py')):\n"
+        "    d.update(p.name.encode() + b'\\n' + p.read_bytes())\n"
+        "print(d.hexdigest())\n"
+    )
+    out = docker_client.containers.run(
+        IMAGE, ["-c", script], entrypoint="python3", network_mode="none", remove=True
+    )
+    assert out.decode().strip() == runner_hash()
+
+
+def _tiny_image(client: Any, tag: str, dockerfile: str) -> None:
+    buf = BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (("Dockerfile", dockerfile.encode()), ("x", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, BytesIO(data))
+    buf.seek(0)
+    client.images.build(fileobj=buf, custom_context=True, tag=tag, rm=True)
+
+
+@pytest.mark.docker
+def test_image_status_tells_current_stale_foreign_and_missing_images(docker_client: Any) -> None:
+    current, stale, foreign = (
+        "rlm-status-test:current",
+        "rlm-status-test:stale",
+        "rlm-status-test:foreign",
+    )
+    try:
+        _tiny_image(docker_client, current, f"FROM {IMAGE}\nLABEL {RUNNER_LABEL}={runner_hash()}\n")
+        _tiny_image(docker_client, stale, f"FROM {IMAGE}\nLABEL {RUNNER_LABEL}={'0' * 64}\n")
+        _tiny_image(docker_client, foreign, "FROM scratch\nCOPY x /x\n")
+        assert image_status(current, docker_client) == (True, f"{current} present and up to date")
+        ok, detail = image_status(stale, docker_client)
+        assert not ok and "older runner" in detail and "rlm image build" in detail
+        ok, detail = image_status(foreign, docker_client)
+        assert ok and "not built by rlm" in detail
+        ok, detail = image_status("rlm-status-test:absent", docker_client)
+        assert not ok and "not found" in detail and "--offline" in detail
+    finally:
+        for tag in (current, stale, foreign):
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(tag, force=True)
 
 
 @pytest.mark.docker
