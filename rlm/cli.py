@@ -18,6 +18,7 @@ from rich.table import Table
 
 from rlm.config import BACKENDS, RLMConfig
 from rlm.errors import BridgeRefusal, RLMError
+from rlm.image import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
     from rlm.session import SessionState
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--offline", action="store_true", help="build from a debootstrap base, no registry"
     )
-    build.add_argument("--tag", help="image name (RLM_IMAGE; default rlm-sandbox:latest)")
+    build.add_argument("--tag", help=f"image name (RLM_IMAGE; default {DEFAULT_IMAGE})")
     build.add_argument("--base-image", help="base image for the Dockerfile")
     build.set_defaults(handler=cmd_image_build)
 

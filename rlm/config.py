@@ -24,6 +24,13 @@ def _env(
     return value if value not in (None, "") else default
 
 
+#: The Docker runtime: runc, or runsc for gVisor.
+DEFAULT_RUNTIME = "runc"
+#: A container's memory, swap included (so no swap): chunking a 100 MB context in
+#: model code (lines, chunks, prompts, the batch in flight) peaks near 1 GB.
+DEFAULT_MEMORY = "2g"
+DEFAULT_CPUS = 1.0
+
 #: Field ← (environment variable, its type).
 _ENVIRONMENT: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
     "model": ("RLM_MODEL", str),
@@ -51,11 +58,11 @@ class RLMConfig:
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     backend: str = "auto"
-    docker_runtime: str = "runc"
+    docker_runtime: str = DEFAULT_RUNTIME
     image: str = DEFAULT_IMAGE
-    #: Container memory limit (swap included). Chunking a 100 MB context needs ~1 GB.
-    docker_memory: str = "2g"
-    docker_cpus: float = 1.0
+    #: Container memory limit (swap included).
+    docker_memory: str = DEFAULT_MEMORY
+    docker_cpus: float = DEFAULT_CPUS
     cell_timeout: float = 60.0
     request_timeout: float = 120.0
     max_iterations: int = 20

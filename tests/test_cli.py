@@ -15,6 +15,7 @@ import pytest
 from rlm import cli
 from rlm.demo import make_haystack
 from rlm.testing import OfflineModelServer
+from rlm.testing.policy import TARGET_CHUNKS
 from tests.support import ROOT_MODEL, SUB_MODEL
 
 RLM = str(Path(sys.executable).parent / "rlm")
@@ -75,7 +76,7 @@ def test_run_answers_from_a_file_as_json(server: OfflineModelServer, tmp_path: P
     result = json.loads(proc.stdout)
     assert result["answer"] == haystack.answer
     assert result["iterations"] == 3
-    assert result["usage"]["sub_calls"] == 64
+    assert result["usage"]["sub_calls"] == TARGET_CHUNKS
     assert result["backend"] == "restricted"
     events = [json.loads(line)["event"] for line in trajectory.read_text().splitlines()]
     assert events[0] == "run_start" and "final" in events
@@ -139,7 +140,7 @@ def test_demo_answers_offline_without_a_key() -> None:
     result = json.loads(proc.stdout)
     assert result["correct"] is True
     assert result["answer"] == result["expected"]
-    assert result["usage"]["sub_calls"] == 64
+    assert result["usage"]["sub_calls"] == TARGET_CHUNKS
 
 
 def test_demo_shows_iterations_sub_calls_and_timing() -> None:
@@ -147,7 +148,7 @@ def test_demo_shows_iterations_sub_calls_and_timing() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "offline model" in proc.stderr
     assert "iteration 3" in proc.stderr
-    assert "llm_batch: 64 sub-calls" in proc.stderr
+    assert f"llm_batch: {TARGET_CHUNKS} sub-calls" in proc.stderr
     assert "correct" in proc.stderr
 
 

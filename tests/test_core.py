@@ -11,6 +11,7 @@ import pytest
 from rlm import RLM, ModelCallError
 from rlm.demo import make_haystack
 from rlm.testing import Fault, OfflineModelServer
+from rlm.testing.policy import TARGET_CHUNKS
 from tests.support import ROOT_MODEL, SUB_MODEL, make_config
 
 BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
@@ -38,8 +39,8 @@ async def test_needle_found_end_to_end(
     assert result.answer == haystack.answer
     assert result.iterations == 3 and not result.forced
     assert result.backend.startswith(backend)
-    assert result.usage.sub_calls == 64  # the policy's chunk count
-    assert result.usage.by_model[SUB_MODEL].calls == 64
+    assert result.usage.sub_calls == TARGET_CHUNKS
+    assert result.usage.by_model[SUB_MODEL].calls == TARGET_CHUNKS
     assert result.usage.by_model[ROOT_MODEL].calls == 3
     assert result.usage.by_model[SUB_MODEL].prompt_tokens > len(haystack.text) // 8
     kinds = [e["event"] for e in result.trajectory]
@@ -207,9 +208,8 @@ def test_sync_completion_wraps_the_async_one(server: OfflineModelServer) -> None
 
 @pytest.mark.docker
 async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineModelServer) -> None:
-    from rlm.backends.docker import ContainerPool, ContainerSpec
-    from rlm.provider.client import ModelClient
-    from rlm.subcalls.batcher import Batcher
+    # As the README's service example imports them: from the package itself.
+    from rlm import Batcher, ContainerPool, ContainerSpec, ModelClient
 
     haystack = make_haystack(5_000)
     client = ModelClient(api_key="test-key", base_url=server.base_url)
@@ -226,5 +226,5 @@ async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineMod
     finally:
         await client.aclose()
     # Each tenant's usage is kept apart by the shared batcher.
-    assert batcher.tenant_usage("acme").sub_calls == 64
-    assert batcher.tenant_usage("globex").sub_calls == 64
+    assert batcher.tenant_usage("acme").sub_calls == TARGET_CHUNKS
+    assert batcher.tenant_usage("globex").sub_calls == TARGET_CHUNKS

@@ -27,13 +27,13 @@ from rlm_sandbox import protocol
 
 from rlm.backends.docker.channel import Channel, ContainerGone
 from rlm.backends.docker.engine import engine_address
+from rlm.config import DEFAULT_CPUS, DEFAULT_MEMORY, DEFAULT_RUNTIME, RLMConfig
 from rlm.errors import ProtocolError, SandboxUnavailable
+from rlm.image import DEFAULT_IMAGE
 
 if TYPE_CHECKING:
     from docker import DockerClient
     from docker.models.containers import Container
-
-    from rlm.config import RLMConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +55,14 @@ _HANDSHAKE_TIMEOUT = 60.0
 class ContainerSpec:
     """How sandbox containers are made; one spec per pool.
 
-    ``memory`` defaults to 2g (swap included, so no swap): chunking a 100 MB context
-    in model code (lines, chunks, prompts, the batch in flight) peaks near 1 GB.
+    The defaults are :class:`~rlm.config.RLMConfig`'s (``memory`` includes swap).
     """
 
-    image: str = "rlm-sandbox:latest"
-    runtime: str = "runc"
-    memory: str = "2g"
+    image: str = DEFAULT_IMAGE
+    runtime: str = DEFAULT_RUNTIME
+    memory: str = DEFAULT_MEMORY
     pids: int = 128
-    cpus: float = 1.0
+    cpus: float = DEFAULT_CPUS
     tmpfs_size: str = "64m"
 
     @classmethod
