@@ -11,6 +11,13 @@ else).
 Three threads: the main thread runs cells (so SIGINT can interrupt them), a reader
 thread receives frames (replies to sub-calls and interrupts arrive while a cell is
 running), and a drain thread copies fd-level output into the capture buffers.
+
+End of file on the protocol's input means the host is gone (Docker closes the
+container's stdin when the host's attach connection ends): the reader thread ends
+the whole process at once with exit code 0, whatever a cell is doing -- a loop, a
+sleep, a wait for a sub-call's reply that will never come. Only a cell inside one
+long call of C code that holds the interpreter lock delays it until that call
+returns. A broken channel (a malformed frame) ends it with exit code 3.
 """
 
 from __future__ import annotations
@@ -174,7 +181,8 @@ class Runner:
             except InterruptedError:
                 continue
             if not data:
-                # The host is gone: nothing left to serve.
+                # The host is gone: no one will read a result, and a busy cell must
+                # not keep the container alive, so end the process, not the thread.
                 os._exit(0)
             for payload in decoder.feed(data):
                 message = protocol.parse(payload, protocol.FROM_HOST)

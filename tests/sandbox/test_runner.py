@@ -273,6 +273,32 @@ def test_the_runner_exits_when_the_host_goes_away(runner: LocalRunner) -> None:
     assert runner.proc.wait(timeout=5) == 0
 
 
+@pytest.mark.parametrize(
+    "code",
+    [
+        "n = 0\nwhile True:\n    n += 1",
+        "import time\ntime.sleep(3600)",
+        "import threading\nthreading.Event().wait()",
+        "llm_batch(['never answered'])",
+    ],
+    ids=["loop", "sleep", "blocked-wait", "llm_batch"],
+)
+def test_the_runner_exits_when_the_host_goes_away_mid_cell(runner: LocalRunner, code: str) -> None:
+    # Nothing of the host is left to read the result: the whole process must end,
+    # not just the reader thread.
+    runner.send({"type": "execute", "id": 1, "code": code, "output_limit": 100})
+    if "llm_batch" in code:
+        assert runner.recv()["type"] == "call"
+    else:
+        time.sleep(0.2)
+        assert runner.proc.poll() is None
+    assert runner.proc.stdin is not None
+    runner.proc.stdin.close()
+    started = time.monotonic()
+    assert runner.proc.wait(timeout=5) == 0
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_malformed_frame_from_the_host_is_fatal() -> None:
     r = LocalRunner()
     try:
