@@ -5,10 +5,15 @@
 - :mod:`~rlm.backends.docker.source`: where a sandbox gets containers
   (:class:`ColdStart`), and :mod:`~rlm.backends.docker.pool` (:class:`ContainerPool`);
 - :mod:`~rlm.backends.docker.sandbox`: :class:`DockerSandbox`, one session's sandbox;
-- :mod:`~rlm.backends.docker.checks`: ``rlm doctor`` and its cleanup.
+- :mod:`~rlm.backends.docker.checks`: ``rlm doctor``, its cleanup and the orphan sweep.
 """
 
-from rlm.backends.docker.checks import cleanup_leftovers, doctor_checks, unavailable_reason
+from rlm.backends.docker.checks import (
+    cleanup_leftovers,
+    doctor_checks,
+    sweep_orphans,
+    unavailable_reason,
+)
 from rlm.backends.docker.container import (
     LABEL,
     OWNER,
@@ -38,5 +43,6 @@ __all__ = [
     "describe_exit",
     "doctor_checks",
     "launch",
+    "sweep_orphans",
     "unavailable_reason",
 ]

@@ -115,11 +115,8 @@ def _smoke_test(client: DockerClient, image: str, runtime: str) -> tuple[bool, s
 def cleanup_leftovers(client: DockerClient | None = None, *, everything: bool = False) -> int:
     """Remove sandbox containers left behind by a crashed rlm; returns how many.
 
-    A container is a leftover when it is not running, or when the process that
-    made it (``rlm.owner`` label) is gone from this host. A container its live
-    owner is still starting ("created") is not: removing it would kill another
-    process's session as it starts. ``everything=True`` removes every sandbox
-    container, including live sessions'.
+    Without ``everything``, what :func:`sweep_orphans` removes. ``everything=True``
+    removes every sandbox container, including live sessions'.
     """
     client = connect(client)
     host = socket.gethostname()
@@ -132,6 +129,18 @@ def cleanup_leftovers(client: DockerClient | None = None, *, everything: bool = 
         remove_quietly(client, item["Id"])
         removed += 1
     return removed
+
+
+def sweep_orphans(client: DockerClient | None = None) -> int:
+    """Remove the sandbox containers no live process owns; returns how many.
+
+    A container is an orphan when it is not running, or when the process that
+    made it (``rlm.owner`` label) is gone from this host. A container its live
+    owner is still starting ("created") is not: removing it would kill another
+    process's session as it starts; nor is another host's, whose processes this
+    host cannot see. Blocking: call it off the event loop.
+    """
+    return cleanup_leftovers(client)
 
 
 def _owner_alive(owner: str, host: str) -> bool:

@@ -10,6 +10,7 @@ and removes whatever it still holds when closed::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -18,11 +19,14 @@ import anyio
 import anyio.abc
 from rlm_sandbox import protocol
 
+from rlm.backends.docker.checks import sweep_orphans
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer
 from rlm.backends.docker.source import ColdStart
 
 if TYPE_CHECKING:
     from docker import DockerClient
+
+log = logging.getLogger(__name__)
 
 
 class ContainerPool:
@@ -71,7 +75,16 @@ class ContainerPool:
         return len(self._ready)
 
     async def __aenter__(self) -> ContainerPool:
-        await self._starter.connect()
+        client = await self._starter.connect()
+        # Containers of hosts that died before their own clean-up (SIGKILL, a
+        # crash) would hold memory and pids until someone removes them.
+        try:
+            swept = await anyio.to_thread.run_sync(sweep_orphans, client)
+        except Exception as exc:  # housekeeping: the pool works without it
+            log.warning("could not sweep orphaned sandbox containers: %s", exc)
+        else:
+            if swept:
+                log.info("removed %d orphaned sandbox container(s)", swept)
         tasks = anyio.create_task_group()
         # Entered here and exited in __aexit__, which `async with` runs in this
         # same task; close() only stops the refill, so any task may call it.
