@@ -193,6 +193,9 @@ def test_container_is_created_hardened(facts: dict[str, Any]) -> None:
     assert "size=64m" in host["Tmpfs"]["/tmp"]
     assert not host.get("Binds") and not facts["inspect"]["Mounts"]
     assert config["User"] == "10001:10001"
+    # Tied to the host: stdin closes when it detaches, and a stopped container goes.
+    assert config["OpenStdin"] is True and config["StdinOnce"] is True
+    assert host["AutoRemove"] is True
     assert config["Labels"][LABEL] == "1"
     assert config["Labels"][OWNER_LABEL].endswith(f":{os.getpid()}")
     assert not any(facts["key_canary"] in e or facts["env_canary"] in e for e in config["Env"])

@@ -10,6 +10,7 @@ remote engine (``DOCKER_HOST=tcp://...``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -19,7 +20,8 @@ import uuid
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -49,6 +51,7 @@ SANDBOX_UID = "10001:10001"
 # protocol never sends control characters, so control keys can never match.
 _DETACH_KEYS = "ctrl-^,ctrl-_"
 _HANDSHAKE_TIMEOUT = 60.0
+_REMOVAL_WAIT = 30
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,15 @@ class ContainerSpec:
         return {
             "image": self.image,
             "name": name,
-            "detach": True,
+            # Not detached: that is how the SDK sets StdinOnce, so the engine closes
+            # the runner's stdin when the host's attach connection ends for any
+            # reason (the host killed, its socket closed, the engine connection
+            # lost); the runner then exits, and nothing is left running.
+            "detach": False,
             "stdin_open": True,
+            # A stopped container removes itself: a host that dies before it can
+            # remove its containers leaves no trace behind.
+            "auto_remove": True,
             "tty": False,
             "runtime": self.runtime,
             "network_mode": "none",
@@ -179,24 +189,86 @@ class SandboxContainer:
         return bool(data)
 
     async def inspect_state(self) -> dict[str, Any]:
-        def read() -> dict[str, Any]:
-            try:
-                return dict(self.client.api.inspect_container(self.id).get("State") or {})
-            except Exception as exc:
-                return {"Error": str(exc)}
-
+        """The container's ``State`` (``ExitCode``, ``OOMKilled``, ...), even once it
+        has removed itself; ``{"Error": ...}`` when neither source knows."""
         with anyio.CancelScope(shield=True):
-            state = await anyio.to_thread.run_sync(read)
+            state = await anyio.to_thread.run_sync(exit_state, self.client, self.id)
         return state
 
 
+def exit_state(client: DockerClient, container_id: str) -> dict[str, Any]:
+    """``State`` of a container from inspect, or from the engine's event log if the
+    container is already gone (auto-removed as it stopped).
+
+    Blocking: call it off the event loop.
+    """
+    try:
+        return dict(client.api.inspect_container(container_id).get("State") or {})
+    except Exception as exc:
+        error = str(exc)
+    if "No such container" not in error:
+        return {"Error": error}
+    # The engine emits "oom" and "die" before the auto-removal's "destroy", so a
+    # container that is gone has them in the log (a ring of recent events).
+    state: dict[str, Any] = {"Error": error}
+    try:
+        # The engine takes fractional seconds for `until`; the SDK's types say int.
+        events = cast(Any, client).events(
+            since=1,
+            until=_engine_now(client),
+            filters={"container": container_id},
+            decode=True,
+        )
+        for event in events:
+            action = str(event.get("Action") or event.get("status") or "")
+            if action == "oom":
+                state["OOMKilled"] = True
+            elif action == "die":
+                attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                code = str(attributes.get("exitCode", ""))
+                if code.lstrip("-").isdigit():
+                    state.pop("Error", None)
+                    state.update(Running=False, ExitCode=int(code))
+    except Exception as exc:
+        state["Error"] = f"{error}; its events could not be read: {exc}"
+    return state
+
+
+def _engine_now(client: DockerClient) -> str:
+    # The engine's clock, not this host's: with a remote engine the two may differ,
+    # and an `until` before the engine's "die" would miss it.
+    now = time.time()
+    try:
+        stamp = str(client.info().get("SystemTime") or "")
+        head, dot, rest = stamp.partition(".")
+        fraction = "".join(itertools.takewhile(str.isdigit, rest))
+        zone = rest[len(fraction) :]
+        when = datetime.fromisoformat(head + (zone.replace("Z", "+00:00") or "+00:00"))
+        now = when.timestamp() + (float("0." + fraction) if dot and fraction else 0.0)
+    except Exception:
+        pass
+    return f"{now:.9f}"
+
+
 def remove_quietly(client: DockerClient, container_id: str) -> None:
-    """Force-remove a container; logs (never raises) unless it is already gone."""
+    """Force-remove a container and return once it is gone; logs (never raises)
+    unless it is already gone or going."""
     try:
         client.api.remove_container(container_id, force=True)
+        return
     except Exception as exc:
-        if "No such container" not in str(exc) and "is already in progress" not in str(exc):
+        if "No such container" in str(exc):
+            return
+        if "is already in progress" not in str(exc):
             log.warning("could not remove sandbox container %s: %s", container_id[:12], exc)
+            return
+    # The engine is removing it already (it stopped, and removes itself): wait, so
+    # that "removed" means gone for the caller too.
+    try:
+        client.api.wait(container_id, timeout=_REMOVAL_WAIT, condition="removed")
+    except Exception as exc:
+        if "No such container" not in str(exc):
+            log.warning("sandbox container %s is still being removed: %s", container_id[:12], exc)
 
 
 async def launch(
