@@ -2,7 +2,8 @@
 
 Each container is handed out once and belongs to that session until it is removed:
 nothing is ever reused across sessions. The pool refills itself in the background
-and removes whatever it still holds when closed::
+and removes whatever it still holds when closed; as it starts, it sweeps the
+containers of processes that died without removing theirs (:func:`sweep_orphans`)::
 
     async with ContainerPool(ContainerSpec(runtime="runsc"), size=2) as pool:
         sandbox = DockerSandbox(bridge, pool)
