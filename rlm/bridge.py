@@ -92,6 +92,7 @@ class SessionBridge:
         if not isinstance(prompts, list):
             raise BridgeRefusal("malformed request: prompts must be a list of str")
         if len(prompts) > limits.max_batch_size:
+            self.session.refuse("batch_size", len(prompts))
             raise BudgetExceeded(
                 f"batch of {len(prompts)} prompts is over this session's limit of "
                 f"{limits.max_batch_size}; split it into smaller batches"
@@ -100,6 +101,7 @@ class SessionBridge:
             if not isinstance(prompt, str):
                 raise BridgeRefusal(f"prompt {i} is not a str")
             if len(prompt) > limits.max_prompt_chars:
+                self.session.refuse("prompt_chars", len(prompts))
                 raise BudgetExceeded(
                     f"prompt {i} has {len(prompt):,} characters, over this session's "
                     f"limit of {limits.max_prompt_chars:,}; send a smaller chunk"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -22,7 +22,7 @@ from rlm.prompts import (
     missing_variable,
 )
 from rlm.provider.client import ChatResult, ModelCallFailure, ModelClient
-from rlm.result import RLMResult
+from rlm.result import RLMResult, finished_status
 from rlm.session import SessionState
 from rlm.stack import BackendChoice, build_session, choose_backend
 from rlm.subcalls.batcher import Batcher
@@ -37,6 +37,17 @@ EventCallback = Callable[[dict[str, Any]], None]
 #: Root calls retry like sub-calls (the batcher's policy), with fewer tries: a
 #: stuck root call stalls the whole run, so it should fail and say so sooner.
 ROOT_RETRY = RetryPolicy(max_tries=4)
+
+
+class _Ending(NamedTuple):
+    """How the root loop ended."""
+
+    answer: str
+    iterations: int
+    #: The iteration bound ran out and the model was made to answer.
+    forced: bool = False
+    #: Made to answer, the model named a variable the sandbox does not have.
+    missing: bool = False
 
 
 class RLM:
@@ -115,18 +126,21 @@ class RLM:
         try:
             await stack.start(context)
             run = _Run(config, stack.client, sandbox, session, trajectory, stream=self.stream)
-            answer, iterations, forced = await run.loop(query, context)
-            trajectory.add("final", answer=answer, forced=forced)
+            ending = await run.loop(query, context)
+            trajectory.add("final", answer=ending.answer, forced=ending.forced)
             trajectory.add("usage", **session.usage.to_dict())
+            limits = dict(session.refusals)
             return RLMResult(
-                answer=answer,
-                iterations=iterations,
+                answer=ending.answer,
+                iterations=ending.iterations,
                 usage=session.usage,
                 wall_time_s=time.monotonic() - started,
                 backend=sandbox.name,
                 session_id=session.session_id,
-                forced=forced,
+                forced=ending.forced,
                 trajectory=trajectory.events,
+                status=finished_status(forced=ending.forced, missing=ending.missing, limits=limits),
+                limits=limits,
             )
         finally:
             await stack.aclose()
@@ -160,7 +174,7 @@ class _Run:
         self.trajectory = trajectory
         self.stream = stream
 
-    async def loop(self, query: str, context: Any) -> tuple[str, int, bool]:
+    async def loop(self, query: str, context: Any) -> _Ending:
         system = SYSTEM_PROMPT.format(
             context_kind=describe_context(context),
             max_prompt_chars=self.config.limits.max_prompt_chars,
@@ -177,9 +191,9 @@ class _Run:
             feedback = [await self.run_cell(code, iteration) for code in reply.cells]
             if reply.final is not None:
                 if reply.final.variable is None:
-                    return reply.final.answer or "", iteration, False
+                    return _Ending(reply.final.answer or "", iteration)
                 try:
-                    return await self.sandbox.get_variable(reply.final.variable), iteration, False
+                    return _Ending(await self.sandbox.get_variable(reply.final.variable), iteration)
                 except VariableNotFound:
                     feedback.append(missing_variable(reply.final.variable))
                     self.trajectory.add("missing_variable", name=reply.final.variable)
@@ -191,23 +205,26 @@ class _Run:
             messages.append({"role": "user", "content": "\n\n".join(feedback)})
         return await self.forced_final(messages)
 
-    async def forced_final(self, messages: list[dict[str, str]]) -> tuple[str, int, bool]:
+    async def forced_final(self, messages: list[dict[str, str]]) -> _Ending:
         iteration = self.config.max_iterations + 1
         messages.append({"role": "user", "content": FORCE_FINAL})
         text = await self.root_call(messages, iteration)
         final = parse_reply(text).final
         if final is not None and final.variable is not None:
             try:
-                return await self.sandbox.get_variable(final.variable), iteration, True
+                answer = await self.sandbox.get_variable(final.variable)
+                return _Ending(answer, iteration, forced=True)
             except VariableNotFound:
-                return (
+                self.trajectory.add("missing_variable", name=final.variable)
+                return _Ending(
                     f"(no answer: FINAL_VAR named a missing variable {final.variable!r})",
                     iteration,
-                    True,
+                    forced=True,
+                    missing=True,
                 )
         if final is not None:
-            return final.answer or "", iteration, True
-        return text.strip(), iteration, True
+            return _Ending(final.answer or "", iteration, forced=True)
+        return _Ending(text.strip(), iteration, forced=True)
 
     async def root_call(self, messages: list[dict[str, str]], iteration: int) -> str:
         model = self.config.model

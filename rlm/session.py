@@ -10,13 +10,24 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from rlm.errors import BudgetExceeded
 from rlm.events import EventName
 from rlm.usage import Usage
 
 EventSink = Callable[[dict[str, Any]], None]
+
+#: Which session limit refused work: the vocabulary of ``SessionState.refusals`` and
+#: of :attr:`rlm.result.RLMResult.limits`.
+LimitKind = Literal[
+    "sub_calls",  # SessionLimits.max_sub_calls: the sub-call budget ran out
+    "tokens",  # SessionLimits.max_tokens: the token budget was spent
+    "batch_size",  # SessionLimits.max_batch_size: a batch was too large
+    "prompt_chars",  # SessionLimits.max_prompt_chars: a prompt was too long
+]
+
+LIMIT_KINDS: Final[frozenset[str]] = frozenset(get_args(LimitKind))
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,9 @@ class SessionState:
     #: Sub-calls admitted so far (counted before they run, so budgets hold under
     #: concurrency); ``usage.sub_calls`` counts those that finished.
     calls_admitted: int = 0
+    #: Work a limit refused, per limit: how many calls (or requests) were turned
+    #: away. A run that met one may be missing work the model asked for, and says so.
+    refusals: dict[LimitKind, int] = field(default_factory=dict)
 
     def event(self, kind: EventName, **data: Any) -> None:
         if self.emit is not None:
@@ -54,11 +68,16 @@ class SessionState:
         limit = self.limits.max_sub_calls
         if limit is not None and self.calls_admitted + n > limit:
             left = max(0, limit - self.calls_admitted)
+            self.refuse("sub_calls", n)
             raise BudgetExceeded(
                 f"sub-call budget exceeded: this session may make {limit} sub-calls, "
                 f"{left} left, and this call needs {n}; answer with what you have"
             )
         self.calls_admitted += n
+
+    def refuse(self, limit: LimitKind, n: int = 1) -> None:
+        """Record that ``limit`` turned away ``n`` calls."""
+        self.refusals[limit] = self.refusals.get(limit, 0) + n
 
     def tokens_exhausted(self) -> bool:
         limit = self.limits.max_tokens

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from rlm import RLM, ModelCallError
+from rlm import RLM, ModelCallError, SessionLimits
 from rlm.demo import make_haystack
 from rlm.testing import Fault, OfflineModelServer
 from rlm.testing.policy import TARGET_CHUNKS
@@ -228,3 +228,63 @@ async def test_a_service_shares_one_batcher_and_one_warm_pool(server: OfflineMod
     # Each tenant's usage is kept apart by the shared batcher.
     assert batcher.tenant_usage("acme").sub_calls == TARGET_CHUNKS
     assert batcher.tenant_usage("globex").sub_calls == TARGET_CHUNKS
+
+
+# -- how a run ended: RLMResult.status --------------------------------------------------
+
+
+async def test_an_answer_has_status_answered(server: OfflineModelServer) -> None:
+    haystack = make_haystack(2_000)
+    result = await RLM(make_config(server)).acompletion(haystack.text, haystack.query)
+    assert (result.status, result.exit_code, result.limits) == ("answered", 0, {})
+    assert result.to_dict()["status"] == "answered"
+
+
+async def test_a_forced_answer_has_status_forced() -> None:
+    with OfflineModelServer(root_script=[cell("x = 1"), "FINAL(made to)"]) as server:
+        result = await RLM(make_config(server, max_iterations=1)).acompletion("ctx", "q")
+    assert (result.answer, result.forced, result.status, result.exit_code) == (
+        "made to",
+        True,
+        "forced",
+        3,
+    )
+
+
+async def test_a_missing_variable_when_forced_is_no_answer() -> None:
+    with OfflineModelServer(root_script=[cell("x = 1"), "FINAL_VAR(nothing)"]) as server:
+        result = await RLM(make_config(server, max_iterations=1)).acompletion("ctx", "q")
+    assert result.status == "no_answer" and result.forced
+    assert result.answer == "(no answer: FINAL_VAR named a missing variable 'nothing')"
+    assert [e["name"] for e in result.trajectory if e["event"] == "missing_variable"] == ["nothing"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "code", "kind", "refused"),
+    [
+        (SessionLimits(max_sub_calls=2), "llm_batch(['a', 'b', 'c'])", "sub_calls", 3),
+        (SessionLimits(max_batch_size=2), "llm_batch(['a', 'b', 'c'])", "batch_size", 3),
+        (SessionLimits(max_prompt_chars=5), "llm_query('too long a prompt')", "prompt_chars", 1),
+        (SessionLimits(max_tokens=1), "llm_batch(['a', 'b'])", "tokens", 2),
+    ],
+)
+async def test_a_limit_reached_is_recorded_and_outranks_an_answer(
+    limits: SessionLimits, code: str, kind: str, refused: int
+) -> None:
+    # The model catches the refusal and answers anyway: the answer may lack that work.
+    guarded = f"try:\n    print({code})\nexcept RLMCallError as e:\n    print('refused', e)"
+    with OfflineModelServer(root_script=[cell(guarded), "FINAL(done)"]) as server:
+        config = make_config(server, limits=limits)
+        result = await RLM(config).acompletion("ctx", "q")
+    assert result.answer == "done" and not result.forced
+    assert (result.status, result.exit_code) == ("limit", 4)
+    assert result.limits == {kind: refused}
+    assert result.to_dict()["limits"] == {kind: refused}
+
+
+async def test_no_limit_is_reached_when_the_budget_suffices() -> None:
+    script = [cell("print(llm_batch(['a', 'b']))"), "FINAL(done)"]
+    with OfflineModelServer(root_script=script) as server:
+        config = make_config(server, limits=SessionLimits(max_sub_calls=2))
+        result = await RLM(config).acompletion("ctx", "q")
+    assert (result.status, result.limits) == ("answered", {})

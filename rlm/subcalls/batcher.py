@@ -457,6 +457,7 @@ class Batcher:
     @staticmethod
     def _budget_failure(session: SessionState) -> SubResult:
         limit = session.limits.max_tokens
+        session.refuse("tokens")
         return SubResult(
             error=(
                 f"token budget spent: this session may use {limit:,} tokens and has used "
