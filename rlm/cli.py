@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
-import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rlm.config import BACKENDS, RLMConfig
-from rlm.errors import BridgeRefusal, RLMError
+from rlm.context_input import (
+    DEFAULT_MAX_BYTES,
+    ContextOptions,
+    parse_size,
+    read_context,
+    read_context_json,
+)
+from rlm.errors import BridgeRefusal, ConfigurationError, ModelCallError, RLMError, SandboxError
 from rlm.image import DEFAULT_IMAGE
+from rlm.interrupts import interruptible, stop_signals_raise
+from rlm.result import EXIT_CODES, RunStatus
 
 if TYPE_CHECKING:
     from rlm.session import SessionState
@@ -28,6 +40,22 @@ if TYPE_CHECKING:
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
+EXIT_CODES_HELP = """\
+exit codes of `rlm run` (with --json, also its "status" and "exit_code" fields):
+  0             answered        the model answered
+  3             forced          made to answer at the iteration bound (--max-iterations)
+  3             no_answer       made to answer, it named a missing variable (FINAL_VAR)
+  4             limit           a session budget (--max-sub-calls, --max-tokens, batch
+                                or prompt size) refused work: the answer may lack it
+  2             config_error    bad flags, no model or key, an unreadable context
+  5             provider_error  the root model could not be reached, or refused, after
+                                retries
+  6             sandbox_error   Docker unavailable; the sandbox would not start or broke
+                                the protocol
+  130/143/129   interrupted     SIGINT/SIGTERM/SIGHUP: the run is cancelled and its
+                                sandbox removed before rlm exits
+when several apply: interrupted > an error > limit > forced, no_answer > answered"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -35,22 +63,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    try:
-        return int(args.handler(args))
-    except RLMError as exc:
-        stderr.print(f"[red]rlm: error:[/] {exc}")
-        return 2
-    except KeyboardInterrupt:
-        stderr.print("[yellow]rlm: interrupted[/]")
-        return 130
-    except (OSError, ValueError, TypeError) as exc:
-        stderr.print(f"[red]rlm: error:[/] {exc}")
-        return 2
+    with stop_signals_raise():
+        try:
+            return int(args.handler(args))
+        except BaseException as exc:
+            failure = _failure(exc)
+            if failure is None:
+                raise
+            status, code, message = failure
+            color = "yellow" if status == "interrupted" else "red"
+            stderr.print(f"[{color}]rlm: {escape(message)}[/]")
+            if getattr(args, "json", False) and getattr(args, "json_status", False):
+                report: dict[str, Any] = {"status": status, "exit_code": code, "error": message}
+                if isinstance(exc, KeyboardInterrupt):
+                    report["signal"] = _signal_name(exc)
+                stdout.print_json(data=report)
+            return code
+
+
+def _failure(exc: BaseException) -> tuple[RunStatus, int, str] | None:
+    """How ``exc`` ends the command: its status, exit code and one line; None for a bug."""
+    status: RunStatus
+    if isinstance(exc, KeyboardInterrupt):
+        name = _signal_name(exc)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        what = f"interrupted by {name}"
+        if getattr(exc, "during_run", False):
+            what += ": the run was cancelled and its sandbox closed"
+        return "interrupted", 128 + int(signum), what
+    if isinstance(exc, ModelCallError):
+        status = "provider_error"
+    elif _from_docker(exc):
+        return "sandbox_error", EXIT_CODES["sandbox_error"], f"error: Docker: {exc}"
+    elif isinstance(exc, SandboxError):
+        status = "sandbox_error"
+    elif isinstance(exc, (RLMError, OSError, ValueError, TypeError)):
+        # ConfigurationError, and what a bad flag or path raises before anything runs.
+        status = "config_error"
+    else:
+        return None
+    return status, EXIT_CODES[status], f"error: {exc}"
+
+
+def _from_docker(exc: BaseException) -> bool:
+    # The engine's client (and the HTTP library under it) can raise its own errors.
+    return any(
+        c.__module__.split(".")[0] in ("docker", "requests", "urllib3") for c in type(exc).__mro__
+    )
+
+
+def _signal_name(exc: BaseException) -> str:
+    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="rlm", description="Recursive Language Models, run safely and fast."
+        prog="rlm",
+        description="Recursive Language Models, run safely and fast.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -64,16 +135,51 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="root model (RLM_MODEL)")
         p.add_argument("--sub-model", help="sub-call model (RLM_SUB_MODEL; default: --model)")
 
-    run = commands.add_parser("run", help="answer a query about a context file")
-    run.add_argument("--context", required=True, help="a text or JSON file, or - for stdin")
+    run = commands.add_parser(
+        "run",
+        help="answer a query about a context file",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--context",
+        metavar="FILE|DIR|-",
+        help="a text file (a .json file is read as JSON); a folder, read as a dict of "
+        "relative path -> text with binary files skipped; or - for stdin",
+    )
+    source.add_argument(
+        "--context-json", metavar="FILE|-", help="a JSON list, object or string, or - for stdin"
+    )
+    run.add_argument(
+        "--context-encoding", metavar="ENC", help="the context's text encoding (default utf-8)"
+    )
+    run.add_argument(
+        "--context-max-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="refuse a context larger than this (e.g. 512M, 4G; default 1G)",
+    )
     run.add_argument("--query", required=True)
     backend_flags(run)
     model_flags(run)
-    run.add_argument("--max-iterations", type=int)
+    run.add_argument(
+        "--max-iterations",
+        type=int,
+        metavar="N",
+        help="root turns before a forced answer (RLM_MAX_ITERATIONS)",
+    )
+    run.add_argument(
+        "--max-sub-calls", type=int, metavar="N", help="this run's sub-call budget (default 10000)"
+    )
+    run.add_argument(
+        "--max-tokens", type=int, metavar="N", help="this run's token budget (default unbounded)"
+    )
     run.add_argument("--trajectory", help="append the run's events as JSON lines here")
     run.add_argument("--stream", action="store_true", help="show the root model's tokens")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler=cmd_run, json_status=True)
 
     demo = commands.add_parser("demo", help="find a needle in a ~1M-line context, offline")
     demo.add_argument("--lines", type=int, default=1_000_000)
@@ -86,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     model_flags(demo)
     demo.add_argument("--trajectory")
     demo.add_argument("--json", action="store_true")
-    demo.set_defaults(handler=cmd_demo)
+    demo.set_defaults(handler=cmd_demo, json_status=True)
 
     exe = commands.add_parser("exec", help="run one cell in a fresh sandbox")
     exe.add_argument("file", help="a Python file, or - for stdin")
@@ -139,16 +245,73 @@ def _config(args: argparse.Namespace, **extra: Any) -> RLMConfig:
     return RLMConfig.from_env(**settings)
 
 
-def _read_context(path: str) -> Any:
-    raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path} is not valid JSON ({exc}); rename it to read it as text"
-            ) from None
-    return raw
+def _read_context(args: argparse.Namespace) -> Any:
+    options = ContextOptions(encoding=args.context_encoding, max_bytes=args.context_max_bytes)
+
+    def warn(line: str) -> None:
+        stderr.print(f"[yellow]rlm: {escape(line)}[/]")
+
+    if args.context_json is not None:
+        return read_context_json(args.context_json, options, stdin=sys.stdin.buffer)
+    return read_context(args.context, options, stdin=sys.stdin.buffer, warn=warn)
+
+
+def _with_limits(config: RLMConfig, args: argparse.Namespace) -> RLMConfig:
+    limits = config.limits
+    for flag in ("max_sub_calls", "max_tokens"):
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if value < 0:
+            raise ConfigurationError(f"--{flag.replace('_', '-')} must be 0 or more")
+        limits = dataclasses.replace(limits, **{flag: value})
+    return config if limits is config.limits else config.with_(limits=limits)
+
+
+#: Seconds a run waits for the leftover sweep before it starts anyway (the sweep goes
+#: on beside it; it never touches a live process's containers).
+_SWEEP_WAIT = 3.0
+
+
+def _start_sweep(config: RLMConfig) -> threading.Thread | None:
+    """Remove the sandbox containers of rlm processes that are gone, in a thread."""
+    if config.backend == "restricted":
+        return None
+    thread = threading.Thread(
+        target=_sweep, args=(config.backend == "docker",), name="rlm-sweep", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _sweep(asked_for_docker: bool) -> None:
+    # With `auto` and no engine the run goes to the restricted backend: nothing to say.
+    def say(problem: BaseException) -> None:
+        if asked_for_docker:
+            first = (str(problem).strip().splitlines() or [type(problem).__name__])[0]
+            stderr.print(
+                "[yellow]rlm: could not sweep leftover sandbox containers "
+                f"({escape(first[:160])}); going on[/]"
+            )
+
+    try:
+        import docker
+
+        from rlm.backends.docker import cleanup_leftovers
+
+        client = docker.from_env(timeout=10)
+    except Exception as exc:
+        say(exc)
+        return
+    try:
+        removed = cleanup_leftovers(client, everything=False)
+    except Exception as exc:
+        say(exc)
+        return
+    finally:
+        client.close()
+    if removed:
+        stderr.print(f"rlm: removed {removed} leftover sandbox container(s) of ended runs")
 
 
 def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namespace) -> Any:
@@ -164,7 +327,7 @@ def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namesp
     gc.freeze()
     if as_json:
         rlm = RLM(config, trajectory_path=args.trajectory)
-        return rlm.completion(context, query)
+        return anyio.run(interruptible, rlm.acompletion, context, query)
     with RunReporter(stderr) as reporter:
 
         def on_event(event: dict[str, Any]) -> None:
@@ -174,7 +337,7 @@ def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namesp
                 reporter(event)
 
         rlm = RLM(config, trajectory_path=args.trajectory, on_event=on_event, stream=stream)
-        return rlm.completion(context, query)
+        return anyio.run(interruptible, rlm.acompletion, context, query)
 
 
 def _print_result(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -184,18 +347,31 @@ def _print_result(result: Any, as_json: bool, extra: dict[str, Any] | None = Non
     usage = result.usage
     stderr.print(
         f"[bold]done[/] in {result.wall_time_s:.2f} s: {result.iterations} iterations, "
-        f"{usage.sub_calls} sub-calls, {usage.total_tokens:,} tokens"
-        + (" [yellow](forced to answer at the iteration bound)[/]" if result.forced else "")
+        f"{usage.sub_calls} sub-calls, {usage.total_tokens:,} tokens{_status_note(result)}"
     )
     stdout.print(result.answer, markup=False)
 
 
+def _status_note(result: Any) -> str:
+    notes = []
+    if result.limits:
+        refused = ", ".join(f"{kind} refused {n}" for kind, n in result.limits.items())
+        notes.append(f"a session limit was reached ({refused}): the answer may lack that work")
+    if result.forced:
+        notes.append("forced to answer at the iteration bound")
+    return "".join(f" [yellow]({note})[/]" for note in notes)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(args, max_iterations=args.max_iterations)
-    context = _read_context(args.context)
+    config = _with_limits(_config(args, max_iterations=args.max_iterations), args)
+    # Beside the context's reading, which can take seconds for a big one.
+    sweeper = _start_sweep(config)
+    context = _read_context(args)
+    if sweeper is not None:
+        sweeper.join(_SWEEP_WAIT)
     result = _complete(config, context, args.query, args)
     _print_result(result, args.json)
-    return 0
+    return int(result.exit_code)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -228,7 +404,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         result = _complete(_config(args), haystack.text, haystack.query, args)
     correct = haystack.answer in result.answer
     if args.json:
-        _print_result(result, True, {"expected": haystack.answer, "correct": correct})
+        extra = {"expected": haystack.answer, "correct": correct, "exit_code": 0 if correct else 1}
+        _print_result(result, True, extra)
     else:
         stderr.print(f"query: {haystack.query}")
         _print_result(result, False)
@@ -255,7 +432,7 @@ class _NoModel:
 def cmd_exec(args: argparse.Namespace) -> int:
     code = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     config = _config(args)
-    result, backend = anyio.run(_exec, config, code, args.timeout)
+    result, backend = anyio.run(interruptible, _exec, config, code, args.timeout)
     if args.json:
         stdout.print_json(data={**result.to_dict(), "backend": backend})
     else:

@@ -7,7 +7,6 @@ import gc
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,42 +15,7 @@ from rlm import cli
 from rlm.demo import make_haystack
 from rlm.testing import OfflineModelServer
 from rlm.testing.policy import TARGET_CHUNKS
-from tests.support import ROOT_MODEL, SUB_MODEL
-
-RLM = str(Path(sys.executable).parent / "rlm")
-
-
-def rlm(
-    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "RLM_"))}
-    return subprocess.run(
-        [RLM, *args],
-        env={**base, **(env or {})},
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def model_env(server: OfflineModelServer) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "test-key",
-        "OPENAI_BASE_URL": server.base_url,
-        "RLM_MODEL": ROOT_MODEL,
-        "RLM_SUB_MODEL": SUB_MODEL,
-    }
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert proc.returncode == 2, proc
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    for word in words:
-        assert word in lines[0]
+from tests.cli_support import RLM, assert_one_line_error, model_env, rlm
 
 
 def test_run_answers_from_a_file_as_json(server: OfflineModelServer, tmp_path: Path) -> None:
