@@ -33,10 +33,10 @@ def labelled(docker_client: Any) -> Iterator[Any]:
     """Makes running containers labelled as rlm sandboxes of a given owner."""
     made: list[Any] = []
 
-    def make(owner: str) -> Any:
+    def make(owner: str, *, stopped: bool = False) -> Any:
         container = docker_client.containers.run(
             IMAGE,
-            entrypoint=["sleep", "300"],
+            entrypoint=["true"] if stopped else ["sleep", "300"],
             labels={LABEL: "1", OWNER_LABEL: owner},
             network_disabled=True,
             detach=True,
@@ -62,6 +62,8 @@ def test_run_sweeps_leftovers_of_dead_processes_only(
     dead = labelled(f"{host}:{_dead_pid()}")
     live = labelled(f"{host}:{os.getpid()}")  # this test process: alive
     elsewhere = labelled("another-host.example:1")  # not ours to judge
+    stopped = labelled(f"{host}:{os.getpid()}", stopped=True)  # exited: a session no more
+    stopped.wait(timeout=30)
     haystack = make_haystack(500)
     context = tmp_path / "c.txt"
     context.write_text(haystack.text)
@@ -78,7 +80,7 @@ def test_run_sweeps_leftovers_of_dead_processes_only(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == haystack.answer
     assert "leftover sandbox container(s) of ended runs" in proc.stderr
-    assert not _exists(docker_client, dead)
+    assert not _exists(docker_client, dead) and not _exists(docker_client, stopped)
     assert _exists(docker_client, live) and _exists(docker_client, elsewhere)
     live.reload()
     assert live.status == "running"
