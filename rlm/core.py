@@ -127,9 +127,12 @@ class RLM:
             await stack.start(context)
             run = _Run(config, stack.client, sandbox, session, trajectory, stream=self.stream)
             ending = await run.loop(query, context)
-            trajectory.add("final", answer=ending.answer, forced=ending.forced)
-            trajectory.add("usage", **session.usage.to_dict())
             limits = dict(session.refusals)
+            status = finished_status(forced=ending.forced, missing=ending.missing, limits=limits)
+            trajectory.add(
+                "final", answer=ending.answer, forced=ending.forced, status=status, limits=limits
+            )
+            trajectory.add("usage", **session.usage.to_dict())
             return RLMResult(
                 answer=ending.answer,
                 iterations=ending.iterations,
@@ -139,7 +142,7 @@ class RLM:
                 session_id=session.session_id,
                 forced=ending.forced,
                 trajectory=trajectory.events,
-                status=finished_status(forced=ending.forced, missing=ending.missing, limits=limits),
+                status=status,
                 limits=limits,
             )
         finally:

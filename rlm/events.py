@@ -27,7 +27,9 @@ for a session also carry ``session`` (its id). Fields beyond these, per event:
 ``cache_error``        ``error``: the response cache failed; the call went to the provider
 ``missing_variable``   ``name``: ``FINAL_VAR`` named a variable the sandbox does not have
 ``no_action``          ``iteration``: the reply had neither code nor a final answer
-``final``              ``answer``, ``forced`` (the iteration bound made the model answer)
+``final``              ``answer``, ``forced`` (the iteration bound made the model answer),
+                       ``status`` (:data:`rlm.result.RunStatus`), ``limits`` (refusals by
+                       :data:`rlm.session.LimitKind`)
 ``usage``              the run's usage (:meth:`rlm.usage.Usage.to_dict`)
 =====================  =====================================================================
 

@@ -255,6 +255,8 @@ async def test_a_missing_variable_when_forced_is_no_answer() -> None:
     with OfflineModelServer(root_script=[cell("x = 1"), "FINAL_VAR(nothing)"]) as server:
         result = await RLM(make_config(server, max_iterations=1)).acompletion("ctx", "q")
     assert result.status == "no_answer" and result.forced
+    final = next(e for e in result.trajectory if e["event"] == "final")
+    assert (final["status"], final["forced"]) == ("no_answer", True)
     assert result.answer == "(no answer: FINAL_VAR named a missing variable 'nothing')"
     assert [e["name"] for e in result.trajectory if e["event"] == "missing_variable"] == ["nothing"]
 
@@ -280,6 +282,8 @@ async def test_a_limit_reached_is_recorded_and_outranks_an_answer(
     assert (result.status, result.exit_code) == ("limit", 4)
     assert result.limits == {kind: refused}
     assert result.to_dict()["limits"] == {kind: refused}
+    final = next(e for e in result.trajectory if e["event"] == "final")
+    assert (final["status"], final["limits"]) == ("limit", {kind: refused})
 
 
 async def test_no_limit_is_reached_when_the_budget_suffices() -> None:
