@@ -13,6 +13,7 @@ request count and the image's identity.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -245,6 +246,11 @@ class SecurityHarness:
         try:
             return await self._run_target(target, payloads)
         finally:
+            # Garbage the payloads left in reference cycles is finalized now, under
+            # this hook. Left to a later collection it can be finalized anywhere: in
+            # CI one ran deep inside the JSON decoder of a Docker target's "nests too
+            # deeply" frame, where the test runner's hook could not even repr it.
+            gc.collect()
             sys.unraisablehook = previous
 
     def _note_unraisable(self, unraisable: Any) -> None:
