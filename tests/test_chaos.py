@@ -19,7 +19,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,12 +28,12 @@ from typing import Any
 import pytest
 
 from rlm.demo import make_haystack
+from tests.cli_support import RLM, start_model_server
 from tests.engines import SecondEngine
 from tests.support import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RLM = str(Path(sys.executable).with_name("rlm"))
 FAULTS = ("kill_container", "kill_model_server", "sigterm", "sighup", "sigkill", "restart_engine")
 #: Extra rounds with faults drawn at random, on top of one round per fault.
 EXTRA_ROUNDS = 2
@@ -44,15 +43,6 @@ EXIT_LIMIT = 60.0
 CONTAINER_LIMIT = 10.0
 #: The moments a fault may land: after the first of these events, plus a little.
 MOMENTS = ("sandbox_started", "root_call", "batch_start")
-
-_SERVER = """
-import signal, sys
-from rlm.testing import OfflineModelServer
-server = OfflineModelServer(latency=float(sys.argv[1])).start()
-print(server.base_url, flush=True)
-signal.sigwait({signal.SIGTERM, signal.SIGINT})
-server.stop()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +71,6 @@ class Round:
             f"fault {self.fault} after {self.moment} +{self.extra_delay:.2f} s: exit "
             f"{self.exit_code}, stderr {self.stderr.strip()[-400:]!r}"
         )
-
-
-def _start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER, str(latency)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("http://127.0.0.1:"), "the offline server did not start"
-    return proc, url
 
 
 def _read_events(path: Path, *, allow_partial_tail: bool) -> list[dict[str, Any]]:
@@ -130,7 +107,7 @@ def _play(engine: SecondEngine, tmp_path: Path, index: int, plan: Round) -> Roun
     context = tmp_path / f"context-{index}.txt"
     context.write_text(haystack.text)
     trajectory = tmp_path / f"run-{index}.jsonl"
-    server, url = _start_server(latency=0.15)
+    server, url = start_model_server(0.15)
     env = {
         **os.environ,
         "DOCKER_HOST": engine.url,
