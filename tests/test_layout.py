@@ -7,6 +7,8 @@ A cycle is counted through every import, lazy ones inside functions and those un
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -63,3 +65,26 @@ def test_the_scan_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
         "def later():\n    import rlm.c\n"
     )
     assert imports(known["rlm.a"], known) == {"rlm.b", "rlm.c"}
+
+
+def test_the_cli_loads_without_the_model_stack() -> None:
+    # `rlm` takes SIGTERM like Ctrl-C from the moment main() starts; the openai SDK
+    # and aiohttp (most of a second to import) must come after that, not before.
+    script = (
+        "import sys, rlm.cli\n"
+        "print(sorted(m for m in ('openai', 'aiohttp', 'docker') if m in sys.modules))\n"
+        "from rlm import RLM, Batcher, ContainerPool, RunStatus\n"
+        "print(RLM.__module__, 'openai' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout.splitlines()
+    assert out == ["[]", "rlm.core True"]
+
+
+def test_every_public_name_is_importable_from_rlm() -> None:
+    import rlm
+
+    for name in rlm.__all__:
+        assert getattr(rlm, name) is not None, name
+    assert sorted(rlm.__all__) == sorted(rlm._HOMES)
