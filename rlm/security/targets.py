@@ -6,16 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rlm.backends.base import Sandbox
-from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
+from rlm.stack import SandboxFactory
 
 if TYPE_CHECKING:
     from docker import DockerClient
 
     from rlm.backends.docker import ContainerSpec
-
-SandboxFactory = Callable[[SessionBridge], Sandbox]
 
 
 @dataclass
