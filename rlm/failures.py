@@ -9,7 +9,7 @@ interface: trajectories, ``on_event`` callbacks and the service report it.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final, Literal
 
 FailureKind = Literal[
     # The provider answered with an error status.
@@ -29,7 +29,6 @@ FailureKind = Literal[
     "error",
 ]
 
-FAILURE_KINDS: Final[frozenset[str]] = frozenset(get_args(FailureKind))
 
 #: Kinds of failure that a later try may fix.
 RETRYABLE_KINDS: Final[frozenset[FailureKind]] = frozenset(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, get_args
+from typing import Any, Literal
 
 from rlm.errors import BudgetExceeded
 from rlm.events import EventName
@@ -26,8 +26,6 @@ LimitKind = Literal[
     "batch_size",  # SessionLimits.max_batch_size: a batch was too large
     "prompt_chars",  # SessionLimits.max_prompt_chars: a prompt was too long
 ]
-
-LIMIT_KINDS: Final[frozenset[str]] = frozenset(get_args(LimitKind))
 
 
 @dataclass(frozen=True)
