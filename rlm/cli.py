@@ -297,14 +297,14 @@ def _sweep(asked_for_docker: bool) -> None:
     try:
         import docker
 
-        from rlm.backends.docker import cleanup_leftovers
+        from rlm.backends.docker import sweep_orphans
 
         client = docker.from_env(timeout=10)
     except Exception as exc:
         say(exc)
         return
     try:
-        removed = cleanup_leftovers(client, everything=False)
+        removed = sweep_orphans(client)
     except Exception as exc:
         say(exc)
         return
