@@ -108,11 +108,17 @@ def start_model_server(
     return proc, url
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """A trajectory's events; every line must be whole and one JSON object."""
+def read_events(path: Path, *, partial_tail: bool = False) -> list[dict[str, Any]]:
+    """A trajectory's events; every line must be whole and one JSON object.
+
+    ``partial_tail`` allows (and drops) a last line cut short: what a file being
+    written, or one whose writer was killed with SIGKILL, may end with.
+    """
     text = path.read_text(encoding="utf-8")
-    assert text == "" or text.endswith("\n"), f"the trajectory ends mid-line: {text[-200:]!r}"
-    return [json.loads(line) for line in text.splitlines()]
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    assert partial_tail or tail == "", f"the trajectory ends mid-line: {tail[-200:]!r}"
+    return [json.loads(line) for line in lines]
 
 
 def wait_for_event(path: Path, kind: str, proc: subprocess.Popen[str], limit: float = 60) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from rlm.demo import make_haystack
-from tests.cli_support import RLM, start_model_server
+from tests.cli_support import RLM, read_events, start_model_server
 from tests.engines import SecondEngine
 from tests.support import IMAGE
 
@@ -73,21 +73,15 @@ class Round:
         )
 
 
-def _read_events(path: Path, *, allow_partial_tail: bool) -> list[dict[str, Any]]:
-    """The trajectory's events; every complete line must be one JSON object."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    tail = lines.pop()  # "" when the file ends with a newline
-    assert allow_partial_tail or tail == "", f"the trajectory ends mid-line: {tail[:200]!r}"
-    return [json.loads(line) for line in lines if line]
+def _events(path: Path, *, partial_tail: bool) -> list[dict[str, Any]]:
+    # A run killed before it wrote anything has no trajectory file.
+    return read_events(path, partial_tail=partial_tail) if path.exists() else []
 
 
 def _wait_for_event(path: Path, kinds: tuple[str, ...], proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        events = _read_events(path, allow_partial_tail=True)
+        events = _events(path, partial_tail=True)
         if any(e.get("event") in kinds for e in events):
             return
         time.sleep(0.02)
@@ -150,7 +144,7 @@ def _play(engine: SecondEngine, tmp_path: Path, index: int, plan: Round) -> Roun
             plan.stdout, plan.stderr = run.communicate()
             pytest.fail(f"`rlm run` hung for {EXIT_LIMIT:g} s after {plan.describe()}")
         plan.exit_code = run.returncode
-        plan.events = _read_events(trajectory, allow_partial_tail=plan.fault == "sigkill")
+        plan.events = _events(trajectory, partial_tail=plan.fault == "sigkill")
         return plan
     finally:
         if run.poll() is None:
