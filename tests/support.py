@@ -7,6 +7,7 @@ lives here, so no test imports from a conftest.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
@@ -46,17 +47,27 @@ class FakeBatcher:
         self.calls: list[tuple[str, str, list[str], int | None]] = []
 
     async def run(
-        self, session: SessionState, model: str, prompts: list[str], max_concurrent: int | None
+        self,
+        session: SessionState,
+        model: str,
+        prompts: list[str],
+        max_concurrent: int | None,
+        *,
+        on_result: Callable[[int, SubResult], None] | None = None,
     ) -> list[SubResult]:
         self.calls.append((session.session_id, model, list(prompts), max_concurrent))
         if any(p == "boom" for p in prompts):
             raise RuntimeError("internal detail /etc/host-secret-path should not leak")
-        return [
+        results = [
             SubResult(error=p[5:], kind="provider")
             if p.startswith("fail:")
             else SubResult(text=f"echo:{p}")
             for p in prompts
         ]
+        if on_result is not None:
+            for i, result in enumerate(results):
+                on_result(i, result)
+        return results
 
 
 def make_bridge(

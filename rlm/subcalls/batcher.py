@@ -16,7 +16,9 @@ One :class:`Batcher` serves all the sessions of a process. For each batch it
 - stops starting calls for a session whose token budget is spent;
 - counts calls, tokens, retries, cache and dedup hits, failures and time per model,
   for the session and for its tenant, and reports each batch's progress as
-  ``batch_start`` / ``batch_progress`` / ``batch_end`` session events.
+  ``batch_start`` / ``batch_progress`` (with an ETA) / ``batch_end`` session events;
+- hands each result to ``on_result`` as it completes, if asked, for callers that
+  stream answers in completion order (:mod:`rlm.streams`).
 
 A failed prompt fails alone: it becomes a :class:`SubResult` with ``error`` and
 ``kind``. Cancelling ``run`` (a cancelled task, a timeout, Ctrl-C) cancels its queued
@@ -31,7 +33,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -110,7 +112,15 @@ class _Batch:
     """One ``run``: its counters and its progress reporting."""
 
     def __init__(
-        self, batcher: Batcher, session: SessionState, model: str, total: int, number: int
+        self,
+        batcher: Batcher,
+        session: SessionState,
+        model: str,
+        total: int,
+        number: int,
+        *,
+        unique: int,
+        width: int,
     ) -> None:
         self.session = session
         self.model = model
@@ -122,6 +132,14 @@ class _Batch:
         self._tenant_totals = tenant_usage
         self.interval = batcher.progress_interval
         self.started = self.last_emit = time.monotonic()
+        self.unique = unique
+        self.width = max(width, 1)
+        #: When each worker took up the prompt it is on (None: between prompts or
+        #: gone), and the worker-seconds spent on the distinct prompts settled so far:
+        #: what the ETA is made of.
+        self.busy_since: list[float | None] = [None] * self.width
+        self.work = 0.0
+        self.settled = 0
         self.done = 0
         self.failures = 0
         self.retries = 0
@@ -137,13 +155,20 @@ class _Batch:
         if hasattr(self, field):
             setattr(self, field, getattr(self, field) + n)
 
-    def finish(self, result: SubResult) -> None:
+    def finish(self, result: SubResult, worker: int | None = None) -> None:
+        """Count one prompt done: ``worker`` ran it, or None for a copy it answered."""
         self.done += 1
         self.session.usage.sub_calls += 1
         self._tenant_totals.sub_calls += 1
         if not result.ok:
             self.count("failures")
         now = time.monotonic()
+        if worker is not None:
+            began = self.busy_since[worker]
+            if began is not None:
+                self.work += now - began
+                self.settled += 1
+            self.busy_since[worker] = None
         # Throttled: a 10,000-prompt batch must not become 10,000 events.
         if self.done == self.total or now - self.last_emit >= self.interval:
             self.last_emit = now
@@ -153,7 +178,34 @@ class _Batch:
                 done=self.done,
                 total=self.total,
                 failures=self.failures,
+                eta_s=self.eta(now),
             )
+
+    def eta(self, now: float) -> float | None:
+        """Seconds until the batch is done, or None before anything has finished.
+
+        The mean time a worker spent per distinct prompt so far (slot waits and
+        retries included, so a shared or throttled provider shows in it) prices the
+        prompts not yet taken up, and the part of it not yet spent prices those in
+        flight; the workers share that work. Done/elapsed alone would be badly off at
+        the start of a wide batch, where the first answer arrives with a whole wave
+        of others still in flight.
+        """
+        if self.done >= self.total:
+            return 0.0
+        if self.settled == 0:
+            return None
+        mean = self.work / self.settled
+        in_flight = 0
+        flight_left = longest = 0.0
+        for began in self.busy_since:
+            if began is not None:
+                in_flight += 1
+                left = max(mean - (now - began), 0.0)
+                flight_left += left
+                longest = max(longest, left)
+        waiting = max(self.unique - self.settled - in_flight, 0)
+        return round(max((waiting * mean + flight_left) / self.width, longest), 2)
 
     def end(self, cancelled: bool) -> None:
         self.session.event(
@@ -272,8 +324,16 @@ class Batcher:
         model: str,
         prompts: list[str],
         max_concurrent: int | None = None,
+        *,
+        on_result: Callable[[int, SubResult], None] | None = None,
     ) -> list[SubResult]:
-        """Answer ``prompts`` in input order; a failed prompt fails alone."""
+        """Answer ``prompts`` in input order; a failed prompt fails alone.
+
+        ``on_result(index, result)`` is called once for each prompt as it completes
+        (a repeat of another prompt in the batch right after it), in the order they
+        complete, on the event loop: it must not block. If it raises, the batch is
+        cancelled and the error propagates.
+        """
         total = len(prompts)
         results: list[SubResult | None] = [None] * total
         # Repeats inside a batch are answered once; the index of each prompt's first
@@ -298,7 +358,10 @@ class Batcher:
             self.max_concurrent,
             tenant_limit or total,
         )
-        batch = _Batch(self, session, model, total, next(self._numbers))
+        batch = _Batch(
+            self, session, model, total, next(self._numbers), unique=len(unique), width=width
+        )
+        busy_since = batch.busy_since
         session.event(
             "batch_start",
             batch=batch.number,
@@ -309,20 +372,25 @@ class Batcher:
         )
         queue = iter(unique)
 
-        async def worker() -> None:
+        async def worker(w: int) -> None:
             for i in queue:
+                busy_since[w] = time.monotonic()
                 result = await self._one(batch, prompts[i])
                 results[i] = result
-                batch.finish(result)
+                batch.finish(result, w)
+                if on_result is not None:
+                    on_result(i, result)
                 for j in copies.get(i, ()):
                     results[j] = result
                     batch.count("dedup_hits")
                     batch.finish(result)
+                    if on_result is not None:
+                        on_result(j, result)
 
         cancelled = True
         try:
             if width <= 1:
-                await worker()
+                await worker(0)
             else:
                 # asyncio's task group, not anyio's: at N = c = 100 there is a worker
                 # per request, and anyio's per-task cancel scope and event cost about
@@ -330,7 +398,7 @@ class Batcher:
                 # anyio scope still reaches every worker through this task.
                 async with asyncio.TaskGroup() as tg:
                     for started in range(1, width + 1):
-                        tg.create_task(worker())
+                        tg.create_task(worker(started - 1))
                         if started % _START_GROUP == 0:
                             await asyncio.sleep(0)
             cancelled = False
