@@ -19,7 +19,9 @@ for a session also carry ``session`` (its id). Fields beyond these, per event:
                        ``timed_out``, ``duration_s``, ``state_lost``, ``truncated``
 ``batch_start``        ``batch`` (its number), ``model``, ``size``, ``unique`` (distinct
                        prompts), ``max_concurrent``
-``batch_progress``     ``batch``, ``done``, ``total``, ``failures`` (throttled; transient)
+``batch_progress``     ``batch``, ``done``, ``total``, ``failures``, ``eta_s`` (seconds left,
+                       estimated from the time per prompt so far and the concurrency;
+                       None until an answer has come; 0 when done) (throttled; transient)
 ``batch_end``          ``batch``, ``model``, ``size``, ``done``, ``failures``, ``retries``,
                        ``cache_hits``, ``dedup_hits``, ``prompt_tokens``,
                        ``completion_tokens``, ``cancelled``

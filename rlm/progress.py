@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -10,10 +13,30 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
+
+
+class EtaColumn(ProgressColumn):
+    """The batcher's estimate of the time left (``eta_s``), counting down between events.
+
+    Not rich's own TimeRemainingColumn: that one divides by the completion rate, which
+    a wide batch gets badly wrong until its first wave lands; the batcher's estimate
+    knows the concurrency. It arrives only with a completion, so the column counts
+    down from the last one rather than freezing during a long wait.
+    """
+
+    def render(self, task: Task) -> Text:
+        deadline = task.fields.get("eta_at")
+        if deadline is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        left = math.ceil(max(deadline - time.monotonic(), 0.0))
+        return Text(f"eta {timedelta(seconds=left)}", style="progress.remaining")
 
 
 class RunReporter:
@@ -26,6 +49,7 @@ class RunReporter:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            EtaColumn(),
             console=console,
             transient=True,
         )
@@ -64,9 +88,11 @@ class RunReporter:
                 status = "[red]timed out[/]"
             say(f"  cell {status} in {event['duration_s']:.2f} s")
         elif kind == "batch_start":
-            self._batch = self.progress.add_task("batch", total=event["size"])
+            self._batch = self.progress.add_task("batch", total=event["size"], eta_at=None)
         elif kind == "batch_progress" and self._batch is not None:
-            self.progress.update(self._batch, completed=event["done"])
+            eta = event.get("eta_s")
+            eta_at = None if eta is None else time.monotonic() + eta
+            self.progress.update(self._batch, completed=event["done"], eta_at=eta_at)
         elif kind == "batch_end" and self._batch is not None:
             self.progress.remove_task(self._batch)
             self._batch = None
