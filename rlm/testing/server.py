@@ -9,7 +9,8 @@ token as a provider would. It serves two kinds of "model":
 - the **root** model (any model name starting with ``root``, or the one given as
   ``root_model``) drives a real RLM trajectory: inspect the context, chunk it,
   ``llm_batch`` over the chunks, combine, answer (see :mod:`rlm.testing.policy`);
-  a test can instead give it a script of replies to play in order;
+  a test can instead give it a script of replies to play in order, and give
+  other root models (a child RLM's, say) scripts of their own with ``scripts``;
 - every other name is a **sub** model that answers chunk questions deterministically
   (finds "the X is Y" for "What is the X?").
 
@@ -98,6 +99,7 @@ class OfflineModelServer:
         latency: float = 0.0,
         root_model: str = "rlm-offline-root",
         root_script: list[str] | None = None,
+        scripts: dict[str, list[str]] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
@@ -107,6 +109,8 @@ class OfflineModelServer:
         self.api_key = api_key
         self.root_model = root_model
         self.root_script = list(root_script) if root_script is not None else None
+        #: Per root model name, a script that wins over ``root_script`` and the policy.
+        self.scripts = {name: list(script) for name, script in (scripts or {}).items()}
         self.stats = ServerStats()
         self.faults: list[Fault] = []
         self._host = host
@@ -288,7 +292,7 @@ class OfflineModelServer:
             self.stats.by_status[200] += 1
             await _json(send, 200, {"id": "x", "object": "chat.completion", "choices": []})
             return
-        reply = self._root_reply(messages) if self._is_root(model) else sub_reply(text)
+        reply = self._root_reply(messages, model) if self._is_root(model) else sub_reply(text)
         self.stats.by_status[200] += 1
         self.stats.completed += 1
         usage = {
@@ -302,14 +306,17 @@ class OfflineModelServer:
             await _json(send, 200, _completion(model, reply, usage))
 
     def _is_root(self, model: str) -> bool:
-        return model == self.root_model or model.startswith("root")
+        return model == self.root_model or model.startswith("root") or model in self.scripts
 
-    def _root_reply(self, messages: list[dict[str, Any]]) -> str:
+    def _root_reply(self, messages: list[dict[str, Any]], model: str | None = None) -> str:
         step = sum(1 for m in messages if m.get("role") == "assistant")
-        if self.root_script is not None:
-            if step < len(self.root_script):
-                return self.root_script[step]
-            return self.root_script[-1] if self.root_script else ""
+        script = self.scripts.get(model) if model is not None else None
+        if script is None:
+            script = self.root_script
+        if script is not None:
+            if step < len(script):
+                return script[step]
+            return script[-1] if script else ""
         return root_reply(messages)
 
 
