@@ -21,7 +21,9 @@ type, id out of range).
 
 **Session.** The host sends ``hello``; the runner answers ``hello`` with its
 protocol version, then serves requests one at a time: ``load_context`` ->
-``loaded``, ``execute`` -> ``result``, ``get_variable`` -> ``variable``. While a
+``loaded``, ``define_tools`` -> ``loaded`` (the host tools' specs, see
+:mod:`tools`; sent after ``hello`` and before the first cell, replacing any tools
+defined before), ``execute`` -> ``result``, ``get_variable`` -> ``variable``. While a
 cell runs, the runner may send ``call`` requests (sub-calls from model code); the
 host answers each with ``reply`` or ``refused`` carrying the same id. ``interrupt``
 asks the runner to stop the running cell (it then answers that cell's ``result``).
@@ -50,6 +52,7 @@ _JSON = (str, int, float, bool, list, dict, _NONE)
 FROM_HOST: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,)},
     "load_context": {"id": (int,), "context": (str, list, dict)},
+    "define_tools": {"id": (int,), "tools": (list,)},
     "execute": {"id": (int,), "code": (str,), "output_limit": (int,)},
     "get_variable": {"id": (int,), "name": (str,), "max_chars": (int,)},
     "interrupt": {"id": (int,)},

@@ -163,6 +163,7 @@ class Runner:
         self._cells = itertools.count(1)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.namespace.update(make_functions(self._transport))
+        self._tool_names: list[str] = []
 
     # -- channel ---------------------------------------------------------------
 
@@ -284,10 +285,25 @@ class Runner:
             self.namespace["context"] = message["context"]
             del message["context"]  # keep a single reference to a large context
             self.send({"type": "loaded", "id": message["id"]})
+        elif kind == "define_tools":
+            self._define_tools(message["tools"])
+            self.send({"type": "loaded", "id": message["id"]})
         elif kind == "execute":
             self.send(self._execute(message["id"], message["code"], message["output_limit"]))
         elif kind == "get_variable":
             self.send(self._variable(message["id"], message["name"], message["max_chars"]))
+
+    def _define_tools(self, specs: list[dict[str, Any]]) -> None:
+        try:
+            functions = make_functions(self._transport, specs)
+        except Exception as exc:  # a spec this runner cannot read: no half-defined tools
+            self.send({"type": "fatal", "message": f"bad tool specs: {exc!r}"[:2000]})
+            os._exit(3)
+        # Tools of an earlier definition that are gone must not stay callable.
+        for name in self._tool_names:
+            self.namespace.pop(name, None)
+        self.namespace.update(functions)
+        self._tool_names = [spec["name"] for spec in specs] + (["ToolError"] if specs else [])
 
     def _execute(self, cell_id: int, code: str, limit: int) -> dict[str, Any]:
         self._drain_now()
