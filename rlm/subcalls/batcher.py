@@ -331,8 +331,9 @@ class Batcher:
 
         ``on_result(index, result)`` is called once for each prompt as it completes
         (a repeat of another prompt in the batch right after it), in the order they
-        complete, on the event loop: it must not block. If it raises, the batch is
-        cancelled and the error propagates.
+        complete, on the event loop: it must neither block nor raise (an error in it
+        cancels the batch and comes out of ``run``, in an ExceptionGroup when the
+        batch is more than one wide).
         """
         total = len(prompts)
         results: list[SubResult | None] = [None] * total
