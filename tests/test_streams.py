@@ -119,8 +119,9 @@ async def test_close_cancels_the_batch_at_once_without_failures_or_retries() -> 
         started = time.monotonic()
         await table.close(stream)
         closing = time.monotonic() - started
-        await wait_until(lambda: server.stats.in_flight == 0)
+        # The batch has let go of its slots by the time close returns.
         stats = batcher.stats()
+        await wait_until(lambda: server.stats.in_flight == 0)
 
     assert first == {"items": [[23, {"text": f"echo: {prompts[23]}"}]], "done": False}
     # The close returned once the batch had let go, well before any 2 s answer.
@@ -139,6 +140,20 @@ async def test_close_cancels_the_batch_at_once_without_failures_or_retries() -> 
     with pytest.raises(BridgeRefusal):
         await table.next(stream)
     await table.close(stream)  # twice: harmless
+
+
+async def test_a_close_that_is_itself_cancelled_still_waits_for_the_batch() -> None:
+    async with served() as (server, batcher):
+        table = StreamTable()
+        stream = table.open(
+            10, batch(batcher, new_session(), [f"h{i} [[hang]]" for i in range(10)])
+        )
+        await wait_until(lambda: server.stats.in_flight == 10)
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await table.close(stream)
+        assert batcher.stats().in_flight == 0
+        await wait_until(lambda: server.stats.disconnects == 10)
 
 
 async def test_a_next_waiting_when_the_stream_closes_ends_it() -> None:
