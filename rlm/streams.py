@@ -114,12 +114,7 @@ class StreamTable:
         when that is a list of ``total`` results, else an error), or, when it raises,
         an error for each one left (the cause is logged, never shown).
         """
-        if len(self._streams) >= self.max_open:
-            raise BridgeRefusal(
-                f"{len(self._streams)} batch iterators are already open in this session "
-                f"(the limit is {self.max_open}); finish one or leave its loop (break) "
-                "before starting another"
-            )
+        self.check_room()
         stream = _Stream(total)
         stream_id = next(self._ids)
         self._streams[stream_id] = stream
@@ -131,6 +126,19 @@ class StreamTable:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return stream_id
+
+    def check_room(self) -> None:
+        """Refuse if another stream may not open now.
+
+        :meth:`open` checks too; checking first lets a caller refuse before it
+        reserves anything for the batch (its sub-call budget).
+        """
+        if len(self._streams) >= self.max_open:
+            raise BridgeRefusal(
+                f"{len(self._streams)} batch iterators are already open in this session "
+                f"(the limit is {self.max_open}); finish one or leave its loop (break) "
+                "before starting another"
+            )
 
     async def next(self, stream: object) -> dict[str, Any]:
         """``{"items": [[index, answer], ...], "done": bool}``: every answer not yet

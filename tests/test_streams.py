@@ -266,6 +266,8 @@ async def test_at_most_max_open_streams_at_once() -> None:
         first = table.open(1, batch(batcher, session, ["a [[hang]]"]))
         second = table.open(1, batch(batcher, session, ["b"]))
         with pytest.raises(BridgeRefusal, match="limit is 2"):
+            table.check_room()
+        with pytest.raises(BridgeRefusal, match="limit is 2"):
             table.open(1, batch(batcher, session, ["c"]))
         await table.close(first)
         third = table.open(1, batch(batcher, session, ["c"]))
