@@ -98,9 +98,10 @@ class StreamTable:
             raise ValueError("max_open must be at least 1")
         self.max_open = max_open
         self._streams: dict[int, _Stream] = {}
-        #: Every batch task until it ends, including those of streams read to the end
-        #: and so no longer in the table: the event loop only holds tasks weakly.
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Every batch task until it ends, with its stream: also those of streams read
+        #: to the end and so out of the table, whose batch may still be wrapping up.
+        #: The event loop only holds tasks weakly.
+        self._running: dict[asyncio.Task[None], _Stream] = {}
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -123,8 +124,8 @@ class StreamTable:
         # the end of every cell and of the session).
         task = asyncio.create_task(self._drive(stream, produce), name=f"rlm-stream-{stream_id}")
         stream.task = task
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._running[task] = stream
+        task.add_done_callback(self._forget)
         return stream_id
 
     def check_room(self) -> None:
@@ -167,11 +168,18 @@ class StreamTable:
             await self._cancel([found])
 
     async def close_all(self) -> None:
-        """Close every open stream (the end of a cell, or of the session)."""
-        streams = list(self._streams.values())
+        """Close every open stream (the end of a cell, or of the session).
+
+        Batches of streams already read to the end are waited for too (cancelled if
+        still running), so nothing of the cell's outlives it.
+        """
+        streams = {id(s): s for s in [*self._streams.values(), *self._running.values()]}
         self._streams.clear()
         if streams:
-            await self._cancel(streams)
+            await self._cancel(list(streams.values()))
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
 
     def _find(self, stream: object) -> tuple[int, _Stream | None]:
         # Any JSON value can arrive here: only a real int (not a bool) may be an id.

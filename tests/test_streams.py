@@ -292,3 +292,21 @@ async def test_answers_are_not_kept_once_taken() -> None:
             "items": [[300, {"text": "echo: last [[sleep:0.3]]"}]],
             "done": True,
         }
+
+
+async def test_close_all_also_ends_a_batch_still_wrapping_up_after_its_last_answer() -> None:
+    ended: list[str] = []
+
+    async def produce(on_result: Callable[[int, SubResult], None]) -> None:
+        on_result(0, SubResult(text="all there is"))
+        try:
+            await anyio.sleep(30)  # e.g. a child run closing its sandbox
+        finally:
+            ended.append("cleaned up")
+
+    table = StreamTable()
+    assert await drain(table, table.open(1, produce)) == [[0, {"text": "all there is"}]]
+    assert len(table) == 0 and ended == []
+    with anyio.fail_after(1):
+        await table.close_all()
+    assert ended == ["cleaned up"]
