@@ -318,7 +318,7 @@ class Tool:
         set_("timeout", timeout)
         set_("max_calls", max_calls)
         set_("params", params)
-        set_("doc", inspect.getdoc(fn) or "")
+        set_("doc", _doc(fn))
         set_("returns", returns)
         set_("is_async", _is_async(fn))
 
@@ -462,6 +462,13 @@ def _is_plain_json(value: object, depth: int = 0) -> bool:
     if type(value) is dict:
         return all(type(k) is str and _is_plain_json(v, depth + 1) for k, v in value.items())
     return False
+
+
+def _doc(fn: Callable[..., Any]) -> str:
+    # A partial's own __doc__ describes functools.partial, not the tool.
+    while isinstance(fn, partial):
+        fn = fn.func
+    return inspect.getdoc(fn) or ""
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

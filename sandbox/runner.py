@@ -38,6 +38,7 @@ from typing import Any
 from . import protocol
 from .api import RLMCallError, make_functions
 
+_HERE = os.path.dirname(__file__)
 #: The part of a cell's output kept when it overflows, and what replaces the rest.
 _TRUNCATED = "\n... [output truncated: {n:,} more characters]"
 
@@ -386,13 +387,14 @@ def _compile(code: str, filename: str) -> list[tuple[Any, bool]]:
 
 
 def _format_error(exc: BaseException, filename: str) -> str:
-    # Show model code's frames only: the runner's own frames mean nothing to it.
+    # Show model code's frames only: the runner's own frames (and those of the
+    # functions it gives model code: api, tools) mean nothing to it.
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != filename:
         tb = tb.tb_next
     report = traceback.TracebackException(type(exc), exc, tb)
     report.stack = traceback.StackSummary.from_list(
-        [frame for frame in report.stack if frame.filename != __file__]
+        [frame for frame in report.stack if os.path.dirname(frame.filename) != _HERE]
     )
     return "".join(report.format())
 

@@ -166,6 +166,8 @@ def test_partials_and_callable_objects_need_a_name_only() -> None:
         "annotation": "float",
         "default": 3.0,
     }
+    assert Tool(Counter_(), name="count").doc == "Counts."
+    assert Tool(functools.partial(search, mode="deep"), name="deep").doc.startswith("Search the")
     with pytest.raises(ConfigurationError, match="no usable name"):
         Tool(Counter_())
     with pytest.raises(ConfigurationError, match="no usable name"):

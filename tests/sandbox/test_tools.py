@@ -231,6 +231,9 @@ def test_define_tools_puts_them_in_the_namespace(runner: _Runner) -> None:
     code = "try:\n    search('q')\nexcept ToolError as e:\n    print(e.kind, e)"
     result = runner.execute(code, answer=lambda _p: {"error": "KeyError: 'k'", "kind": "raised"})
     assert result["stdout"] == "raised KeyError: 'k'\n"
+    uncaught = runner.execute("search('q')", answer=lambda _p: {"error": "boom", "kind": "raised"})
+    assert uncaught["error"].endswith("ToolError: boom\n")
+    assert "tools.py" not in uncaught["error"] and "<cell-" in uncaught["error"]
 
 
 def test_define_tools_again_replaces_the_old_ones(runner: _Runner) -> None:

@@ -95,6 +95,10 @@ class DockerSandbox(Sandbox):
         self._box = box
         self.containers_started += 1
         self.bridge.session.event("sandbox_started", backend=self.name, container=box.id[:12])
+        # Before any cell, in every container: a restart must not lose the tools.
+        specs = getattr(self.bridge, "tool_specs", None)
+        if specs:
+            await self._send_loading({"type": "define_tools", "tools": specs}, "defining the tools")
 
     async def _discard(self) -> None:
         box, self._box = self._box, None
@@ -147,18 +151,24 @@ class DockerSandbox(Sandbox):
             await self._send_context()
 
     async def _send_context(self) -> None:
+        await self._send_loading(
+            {"type": "load_context", "context": self._context}, "loading the context"
+        )
+
+    async def _send_loading(self, message: dict[str, Any], doing: str) -> None:
+        """Send ``message`` (given an id here) and wait for its ``loaded``."""
         box = self._box
         assert box is not None
         req = next(self._ids)
         try:
-            await box.channel.send({"type": "load_context", "id": req, "context": self._context})
+            await box.channel.send({**message, "id": req})
             reply = await self._await_reply(box, req, "loaded", timeout=None)
         except ProtocolError as exc:
             raise await self._fail(exc) from None
         except ContainerGone as exc:
             cause = await self._death_cause(box, exc)
             await self._discard()
-            raise SandboxError(f"the sandbox died while loading the context: {cause}") from None
+            raise SandboxError(f"the sandbox died while {doing}: {cause}") from None
         except BaseException:
             # Cancelled mid-load: a late "loaded" would confuse the next request.
             await self._discard()
