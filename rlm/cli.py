@@ -176,6 +176,32 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-tokens", type=int, metavar="N", help="this run's token budget (default unbounded)"
     )
+    run.add_argument(
+        "--max-depth",
+        type=int,
+        metavar="D",
+        help="levels of runs (RLM_MAX_DEPTH; default 1: rlm_query is a plain sub-call, "
+        "2: child RLMs without grandchildren)",
+    )
+    run.add_argument("--child-model", help="child RLMs' root model (RLM_CHILD_MODEL)")
+    run.add_argument(
+        "--max-cost-usd",
+        type=float,
+        metavar="USD",
+        help="this run's cost budget, priced with RLM_PRICES",
+    )
+    run.add_argument(
+        "--max-wall-time", type=float, metavar="S", help="seconds this run may take in all"
+    )
+    run.add_argument(
+        "--max-children", type=int, metavar="N", help="child RLMs this run may start (default 100)"
+    )
+    run.add_argument(
+        "--max-consecutive-errors",
+        type=int,
+        metavar="N",
+        help="stop a run whose cells fail N times in a row",
+    )
     run.add_argument("--trajectory", help="append the run's events as JSON lines here")
     run.add_argument("--stream", action="store_true", help="show the root model's tokens")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -256,15 +282,26 @@ def _read_context(args: argparse.Namespace) -> Any:
     return read_context(args.context, options, stdin=sys.stdin.buffer, warn=warn)
 
 
+#: Limit flag → SessionLimits field.
+_LIMIT_FLAGS = {
+    "max_sub_calls": "max_sub_calls",
+    "max_tokens": "max_tokens",
+    "max_cost_usd": "max_cost_usd",
+    "max_wall_time": "max_wall_time_s",
+    "max_children": "max_children",
+    "max_consecutive_errors": "max_consecutive_errors",
+}
+
+
 def _with_limits(config: RLMConfig, args: argparse.Namespace) -> RLMConfig:
     limits = config.limits
-    for flag in ("max_sub_calls", "max_tokens"):
+    for flag, name in _LIMIT_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
             continue
         if value < 0:
             raise ConfigurationError(f"--{flag.replace('_', '-')} must be 0 or more")
-        limits = dataclasses.replace(limits, **{flag: value})
+        limits = dataclasses.replace(limits, **{name: value})
     return config if limits is config.limits else config.with_(limits=limits)
 
 
@@ -357,13 +394,23 @@ def _status_note(result: Any) -> str:
     if result.limits:
         refused = ", ".join(f"{kind} refused {n}" for kind, n in result.limits.items())
         notes.append(f"a session limit was reached ({refused}): the answer may lack that work")
-    if result.forced:
+    if result.stopped:
+        notes.append(
+            f"the run stopped at its {result.stopped} limit: the answer may lack that work"
+        )
+    if result.forced and not result.stopped:
         notes.append("forced to answer at the iteration bound")
     return "".join(f" [yellow]({note})[/]" for note in notes)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _with_limits(_config(args, max_iterations=args.max_iterations), args)
+    config = _config(
+        args,
+        max_iterations=args.max_iterations,
+        max_depth=args.max_depth,
+        child_model=args.child_model,
+    )
+    config = _with_limits(config, args)
     # Beside the context's reading, which can take seconds for a big one.
     sweeper = _start_sweep(config)
     context = _read_context(args)
@@ -421,7 +468,13 @@ class _NoModel:
     """Stands in for the batcher when no model is configured, so the refusal is clear."""
 
     async def run(
-        self, session: SessionState, model: str, prompts: list[str], max_concurrent: int | None
+        self,
+        session: SessionState,
+        model: str,
+        prompts: list[str],
+        max_concurrent: int | None,
+        *,
+        on_result: Any = None,
     ) -> list[SubResult]:
         raise BridgeRefusal(
             "no model is configured for sub-calls: set OPENAI_API_KEY (and OPENAI_BASE_URL "

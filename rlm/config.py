@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -10,7 +12,8 @@ from dotenv import dotenv_values, find_dotenv
 
 from rlm.errors import ConfigurationError
 from rlm.image import DEFAULT_IMAGE
-from rlm.session import SessionLimits
+from rlm.limits import SessionLimits
+from rlm.tree import ModelPrice
 
 BACKENDS = ("auto", "restricted", "docker")
 
@@ -46,7 +49,44 @@ _ENVIRONMENT: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
     "request_timeout": ("RLM_REQUEST_TIMEOUT", float),
     "max_iterations": ("RLM_MAX_ITERATIONS", int),
     "output_limit": ("RLM_OUTPUT_LIMIT", int),
+    "max_depth": ("RLM_MAX_DEPTH", int),
+    "child_model": ("RLM_CHILD_MODEL", str),
 }
+
+
+def parse_prices(raw: str | Mapping[str, Any]) -> dict[str, ModelPrice]:
+    """A price table from JSON text or a mapping: ``{"model": [input, output], ...}``
+    in US dollars per million tokens (``{"input": .., "output": ..}`` works too)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ConfigurationError(
+                'RLM_PRICES must be JSON like {"gpt-4.1": [2.0, 8.0]} '
+                "(US dollars per million input and output tokens)"
+            ) from None
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError("prices must map model names to [input, output] prices")
+    table: dict[str, ModelPrice] = {}
+    for name, price in raw.items():
+        if isinstance(price, ModelPrice):
+            table[str(name)] = price
+            continue
+        if isinstance(price, Mapping):
+            price = [price.get("input"), price.get("output")]
+        if (
+            not isinstance(price, (list, tuple))
+            or len(price) != 2
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in price
+            )
+        ):
+            raise ConfigurationError(
+                f"price of {name!r} must be [input, output]: two non-negative numbers "
+                "(US dollars per million tokens)"
+            )
+        table[str(name)] = ModelPrice(float(price[0]), float(price[1]))
+    return table
 
 
 @dataclass(frozen=True)
@@ -70,6 +110,14 @@ class RLMConfig:
     output_limit: int = 20_000
     limits: SessionLimits = field(default_factory=SessionLimits)
     tenant: str = "default"
+    #: Levels of runs: 1 is the root alone (``rlm_query`` is a plain sub-call), 2
+    #: lets the root start child RLMs but not grandchildren.
+    max_depth: int = 1
+    #: The children's root model (default: the sub model).
+    child_model: str | None = None
+    #: US dollars per million tokens, per model (see :func:`parse_prices`); needed
+    #: for every model a run uses when ``limits.max_cost_usd`` is set.
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, *, dotenv: bool = True, **overrides: Any) -> RLMConfig:
@@ -96,6 +144,9 @@ class RLMConfig:
         unknown = set(overrides) - known
         if unknown:
             raise TypeError(f"unknown settings: {sorted(unknown)}")
+        prices = _env("RLM_PRICES", None, dotfile)
+        if prices is not None:
+            values["prices"] = parse_prices(prices)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**{k: v for k, v in values.items() if v is not None}).checked()
 
@@ -108,7 +159,19 @@ class RLMConfig:
             raise ConfigurationError("timeouts must be positive")
         if self.max_iterations < 1:
             raise ConfigurationError("max_iterations must be at least 1")
+        if self.max_depth < 1:
+            raise ConfigurationError("max_depth must be at least 1 (1: no child RLMs)")
+        if not all(isinstance(p, ModelPrice) for p in self.prices.values()):
+            object.__setattr__(self, "prices", parse_prices(self.prices))
+        _check_limits(self.limits)
         return self
+
+    def unpriced_models(self) -> list[str]:
+        """Models a run would use that the price table does not list."""
+        models = {self.model, self.effective_sub_model}
+        if self.max_depth > 1:
+            models.add(self.child_model or self.effective_sub_model)
+        return sorted(m for m in models if m and m not in self.prices)
 
     def with_(self, **changes: Any) -> RLMConfig:
         return replace(self, **changes).checked()
@@ -116,3 +179,21 @@ class RLMConfig:
     @property
     def effective_sub_model(self) -> str | None:
         return self.sub_model or self.model
+
+
+def _check_limits(limits: SessionLimits) -> None:
+    for name in (
+        "max_sub_calls",
+        "max_tokens",
+        "max_children",
+        "max_consecutive_errors",
+    ):
+        value = getattr(limits, name)
+        if value is not None and value < 0:
+            raise ConfigurationError(f"{name} must be 0 or more (or None for no limit)")
+    for name in ("max_cost_usd", "max_wall_time_s"):
+        value = getattr(limits, name)
+        if value is not None and value <= 0:
+            raise ConfigurationError(f"{name} must be positive (or None for no limit)")
+    if limits.max_live_children < 1:
+        raise ConfigurationError("max_live_children must be at least 1")

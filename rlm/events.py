@@ -3,15 +3,19 @@
 Events are a public interface. ``RLM(on_event=...)`` receives each one as a dict as
 it happens, ``trajectory_path`` appends them to a JSON-lines file, and the service
 stores and streams them. Every event has ``event`` (one of :data:`EventName`) and
-``t`` (seconds since the run started); events the batcher and the backends send
-for a session also carry ``session`` (its id). Fields beyond these, per event:
+``t`` (seconds since the run started); every event of a run also carries
+``run_id`` (the run it belongs to: the root, or a child RLM), ``parent_id`` (the run
+whose code started it; None for the root), ``depth`` (0 for the root) and
+``session`` (the same id as ``run_id``). A trajectory holds the whole tree: a
+child's events follow its parent's ``child_start``. Fields beyond these, per event:
 
 =====================  =====================================================================
 ``run_start``          ``query``, ``context`` (its kind and size, never its text), ``model``,
-                       ``sub_model``, ``backend``, ``backend_reason``
+                       ``sub_model``, ``backend``, ``backend_reason``, ``max_depth``,
+                       ``tools`` (their names)
 ``sandbox_started``    ``backend``, ``container`` (Docker: a new container for the session)
-``root_call``          ``iteration``, ``text`` (the root model's reply), ``prompt_tokens``,
-                       ``completion_tokens``, ``seconds``
+``root_call``          ``iteration``, ``model``, ``text`` (the root model's reply),
+                       ``prompt_tokens``, ``completion_tokens``, ``seconds``
 ``root_delta``         ``text``: a piece of the streamed reply (``stream=True``; transient)
 ``root_retry``         ``attempt``, ``kind`` (a failure kind), ``delay`` (seconds)
 ``cell``               ``iteration``, ``code``
@@ -25,14 +29,28 @@ for a session also carry ``session`` (its id). Fields beyond these, per event:
 ``batch_end``          ``batch``, ``model``, ``size``, ``done``, ``failures``, ``retries``,
                        ``cache_hits``, ``dedup_hits``, ``prompt_tokens``,
                        ``completion_tokens``, ``cancelled``
+``subcall_start``       ``method`` (``llm_query``, ``llm_batch``, ``rlm_batch`` as plain prompts),
+                       ``model``, ``size``, ``prompt`` (a preview, for one prompt)
+``subcall_end``         ``method``, ``model``, ``size``, ``failures``, ``cancelled`` (prompts a
+                       closed stream never ran), ``seconds``
+``child_start``        ``child_id`` (the child's ``run_id``), ``model``, ``prompt`` (a preview),
+                       ``context`` (its kind and size)
+``child_end``          ``child_id``, ``status`` (``answered``, ``forced``, ``limit``,
+                       ``no_answer``, ``failed``), ``stopped`` (its limit), ``answer`` (a
+                       preview), ``error``, ``failure`` (its kind), ``seconds``, ``usage``
+                       (the child's own)
+``tool_call``          ``name``: model code called a host tool
+``tool_end``           ``name``, ``ok``, ``error`` (the message model code got), ``seconds``
+``limit_reached``      ``limit`` (a :data:`rlm.tree.StopReason`), ``iteration``: the run stops
 ``concurrency_cut``    ``model``, ``concurrency``: a 429 made the global limit smaller
 ``cache_error``        ``error``: the response cache failed; the call went to the provider
 ``missing_variable``   ``name``: ``FINAL_VAR`` named a variable the sandbox does not have
 ``no_action``          ``iteration``: the reply had neither code nor a final answer
 ``final``              ``answer``, ``forced`` (the iteration bound made the model answer),
                        ``status`` (:data:`rlm.result.RunStatus`), ``limits`` (refusals by
-                       :data:`rlm.session.LimitKind`)
-``usage``              the run's usage (:meth:`rlm.usage.Usage.to_dict`)
+                       :data:`rlm.session.LimitKind`), ``stopped`` (the limit that ended it)
+``usage``              the tree's usage (:meth:`rlm.usage.Usage.to_dict`, with ``by_depth``)
+                       and ``cost_usd`` (None without a price table)
 =====================  =====================================================================
 
 Failure kinds inside events are :data:`rlm.failures.FailureKind`.
@@ -53,6 +71,13 @@ EventName = Literal[
     "batch_start",
     "batch_progress",
     "batch_end",
+    "subcall_start",
+    "subcall_end",
+    "child_start",
+    "child_end",
+    "tool_call",
+    "tool_end",
+    "limit_reached",
     "concurrency_cut",
     "cache_error",
     "missing_variable",

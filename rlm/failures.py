@@ -24,7 +24,10 @@ FailureKind = Literal[
     "timeout",  # no answer within the request timeout
     "bad_response",  # an answer that is not a chat completion with text
     # The host refused to make the call.
-    "budget",  # the session's token budget is spent
+    "budget",  # the run's token, cost or time budget is spent
+    # A child RLM (rlm_query) did not answer.
+    "limit",  # a run limit refused the child, or stopped it before it answered
+    "child",  # the child failed: its root model, its sandbox or its context
     # Anything else (a bug in a client library, say).
     "error",
 ]

@@ -18,9 +18,12 @@ answers come back in the same order. Prefer it to calling `llm_query` in a loop:
 N prompts take about as long as one when they run in parallel. Use it whenever you \
 have more than one independent prompt (for example one per chunk of the context). \
 `max_concurrent` caps how many run at the same time.
-- A failed sub-call returns an `LLMError` (a str subclass) instead of raising: check \
-with `isinstance(answer, LLMError)` and retry or skip those items. A call the host \
-refuses (over a budget, bad arguments) raises `RLMCallError`.
+- `llm_batch_iter(prompts, max_concurrent=None)`: like `llm_batch`, but yields \
+`(index, answer)` pairs as answers arrive; `break` out of the loop as soon as you have \
+what you need (for example the first chunk that has a needle) and the rest is cancelled.
+{children}{tools}- A failed sub-call returns an `LLMError` (a str subclass) instead of \
+raising: check with `isinstance(answer, LLMError)` and retry or skip those items. \
+A call the host refuses (over a budget, bad arguments) raises `RLMCallError`.
 - Variables persist between cells; `print` shows you output, cut after \
 {output_limit:,} characters.
 - Modules such as re, json, math, collections and itertools can be imported.
@@ -34,6 +37,40 @@ When you know the answer, reply with FINAL(your answer) on a line of its own, or
 FINAL_VAR(name) to answer with the value of a REPL variable. Do not answer before \
 you have checked the context.\
 """
+
+
+CHILDREN = """\
+- `rlm_query(prompt, context=None) -> str`: hand a sub-task to a child RLM that works \
+like you, in a REPL of its own with `context` as its data; use it for a part that \
+needs several steps of its own. `rlm_batch(prompts, contexts=None, max_concurrent=None)` \
+runs children in parallel, answers in the same order, and `rlm_batch_iter` yields \
+them as they finish. A child is slower and costlier than `llm_query`: use it only when \
+one prompt is not enough.
+"""
+
+TOOLS = """\
+- Tools that run on the host; call them like functions. A tool's failure raises \
+`ToolError` (a tool may refuse arguments of the wrong type):
+{listing}
+"""
+
+
+def system_prompt(
+    context_kind: str,
+    *,
+    max_prompt_chars: int,
+    output_limit: int,
+    children: bool = False,
+    tools: str = "",
+) -> str:
+    """The root model's system prompt; ``tools`` is the tools' listing (or empty)."""
+    return SYSTEM_PROMPT.format(
+        context_kind=context_kind,
+        max_prompt_chars=max_prompt_chars,
+        output_limit=output_limit,
+        children=CHILDREN if children else "",
+        tools=TOOLS.format(listing=tools.rstrip("\n")) if tools else "",
+    )
 
 
 def describe_context(context: Any) -> str:
@@ -64,6 +101,14 @@ FORCE_FINAL = (
     "You have used every iteration. Reply now with your best answer as FINAL(answer), "
     "or FINAL_VAR(variable_name) for a variable you already have. Do not write code."
 )
+
+
+def limit_reached(what: str) -> str:
+    return (
+        f"The run has reached a limit: {what}. Reply now with your best answer as "
+        "FINAL(answer), or FINAL_VAR(variable_name) for a variable you already have. "
+        "Do not write code."
+    )
 
 
 def missing_variable(name: str) -> str:

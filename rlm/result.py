@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
-from rlm.session import LimitKind
+from rlm.limits import LimitKind
+from rlm.tree import StopReason
 from rlm.usage import Usage
 
 RunStatus = Literal[
@@ -13,7 +14,7 @@ RunStatus = Literal[
     "answered",  # the model answered with FINAL / FINAL_VAR within the iteration bound
     "forced",  # the iteration bound ran out and the model was made to answer
     "no_answer",  # made to answer, it named a variable that does not exist
-    "limit",  # a session budget refused work the model asked for; the answer may lack it
+    "limit",  # a run limit stopped the run, or refused work; the answer may lack it
     # The run did not finish (only `rlm run --json` reports these; the library raises).
     "config_error",  # bad flags, no model or key, an unreadable context (ConfigurationError)
     "provider_error",  # the root model could not be reached or refused, after retries
@@ -37,10 +38,16 @@ EXIT_CODES: Final[dict[RunStatus, int]] = {
 }
 
 
-def finished_status(*, forced: bool, missing: bool, limits: dict[LimitKind, int]) -> RunStatus:
+def finished_status(
+    *,
+    forced: bool,
+    missing: bool,
+    limits: dict[LimitKind, int],
+    stopped: StopReason | None = None,
+) -> RunStatus:
     """How a finished run ended; a limit outranks a forced or missing answer, because
     the model may have been made to answer *because* its work was refused."""
-    if limits:
+    if limits or stopped is not None:
         return "limit"
     if missing:
         return "no_answer"
@@ -57,6 +64,13 @@ class RLMResult:
     (``answer`` then says so); ``"limit"`` when a session budget refused work the
     model asked for (sub-calls, tokens, a batch or prompt too large), so the answer
     may lack it. ``limits`` counts those refusals per :data:`~rlm.session.LimitKind`.
+    ``stopped`` names the run limit that ended the run (a :data:`~rlm.tree.StopReason`,
+    such as ``"max_cost_usd"``), None when it finished by itself.
+
+    ``usage`` sums the whole tree of runs (the root, every child, every sub-call),
+    with ``usage.by_depth`` breaking it down by depth and model; ``cost_usd`` is its
+    cost by the configured price table (None without one); ``children`` counts the
+    child RLMs started.
     ``forced`` stays True whenever the iteration bound made the model answer, whatever
     the status. ``trajectory`` holds the run's events (root calls, cells, sub-call
     batches, the final answer, usage) in order.
@@ -72,6 +86,9 @@ class RLMResult:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     status: RunStatus = "answered"
     limits: dict[LimitKind, int] = field(default_factory=dict)
+    stopped: StopReason | None = None
+    cost_usd: float | None = None
+    children: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -86,6 +103,9 @@ class RLMResult:
             "iterations": self.iterations,
             "forced": self.forced,
             "limits": dict(self.limits),
+            "stopped": self.stopped,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
+            "children": self.children,
             "backend": self.backend,
             "session_id": self.session_id,
             "wall_time_s": round(self.wall_time_s, 4),

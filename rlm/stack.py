@@ -25,20 +25,23 @@ import anyio
 import anyio.to_thread
 
 from rlm.backends import Sandbox, create_sandbox
-from rlm.bridge import BatchRunner, SessionBridge
+from rlm.bridge import BatchRunner, ChildRunner, SessionBridge
 from rlm.config import RLMConfig
 from rlm.events import Event
 from rlm.provider.client import ModelClient
 from rlm.session import SessionState
 from rlm.subcalls.batcher import Batcher
+from rlm.tree import RunTree
 
 if TYPE_CHECKING:
     from rlm.backends.docker import ContainerPool
+    from rlm.tools import ToolSet
 
 #: Makes the sandbox for one session, given the bridge bound to that session.
 SandboxFactory = Callable[[SessionBridge], Sandbox]
-#: Makes the bridge for one session (the security harness records what crosses it).
-BridgeFactory = Callable[[BatchRunner, SessionState], SessionBridge]
+#: Makes the bridge for one session (the security harness records what crosses it),
+#: given its batcher, session, and keyword arguments ``children`` and ``tools``.
+BridgeFactory = Callable[..., SessionBridge]
 
 
 @dataclass(frozen=True)
@@ -84,12 +87,13 @@ def model_client(config: RLMConfig) -> ModelClient:
 def new_session(
     config: RLMConfig, *, emit: Callable[[Event], None] | None = None, sub_model: str | None = None
 ) -> SessionState:
-    """A session bound to ``config``'s sub model, limits and tenant."""
+    """A root run's session, bound to ``config``'s sub model, limits, prices and tenant."""
     return SessionState(
         sub_model=sub_model or config.effective_sub_model or "unconfigured",
         limits=config.limits,
         tenant=config.tenant,
         emit=emit,
+        tree=RunTree(config.limits, config.prices),
     )
 
 
@@ -135,7 +139,10 @@ class SessionStack:
         """Close the sandbox and the stack's own client; safe to call twice."""
         with anyio.CancelScope(shield=True):
             try:
-                await self.sandbox.close()
+                try:
+                    await self.bridge.aclose()
+                finally:
+                    await self.sandbox.close()
             finally:
                 if self.owns_client and self.client is not None:
                     self.owns_client = False
@@ -152,13 +159,17 @@ def build_session(
     emit: Callable[[Event], None] | None = None,
     sandboxes: SandboxFactory | None = None,
     bridge: BridgeFactory = SessionBridge,
+    children: ChildRunner | None = None,
+    tools: ToolSet | None = None,
 ) -> SessionStack:
     """Wire one session's stack; nothing is started yet (see :meth:`SessionStack.start`).
 
     Without ``batcher`` the stack gets a client and a batcher of its own, closed with
     it; a service passes its one shared batcher instead. ``session`` defaults to a
     new one from ``config``; ``sandboxes`` to ``backend``'s sandboxes from ``config``
-    (and ``pool``); one of ``backend`` and ``sandboxes`` is needed.
+    (and ``pool``); one of ``backend`` and ``sandboxes`` is needed. ``children``
+    runs the session's ``rlm_query`` calls (without it they are plain sub-calls);
+    ``tools`` are the host tools its code may call.
     """
     if sandboxes is None and backend is None:
         raise TypeError("build_session needs a backend (choose_backend) or a sandbox factory")
@@ -170,7 +181,7 @@ def build_session(
     if sandboxes is None:
         assert backend is not None
         sandboxes = sandbox_factory(config, backend, pool=pool)
-    session_bridge = bridge(batcher, session)
+    session_bridge = bridge(batcher, session, children=children, tools=tools)
     return SessionStack(
         session=session,
         bridge=session_bridge,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -23,13 +24,37 @@ class ModelUsage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def add(self, other: ModelUsage) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
 
 @dataclass
 class Usage:
-    """Usage per model name; ``sub_calls`` counts the calls made from model code."""
+    """Usage per model name; ``sub_calls`` counts the calls made from model code.
+
+    A run tree's usage (:meth:`combine`) also breaks it down by depth: ``by_depth``
+    maps each depth (0 for the root run) to its usage per model.
+    """
 
     by_model: dict[str, ModelUsage] = field(default_factory=dict)
     sub_calls: int = 0
+    by_depth: dict[int, dict[str, ModelUsage]] = field(default_factory=dict)
+
+    @classmethod
+    def combine(cls, parts: Iterable[tuple[int, Usage]]) -> Usage:
+        """The sum of runs' usages, each given with its depth."""
+        total = cls()
+        for depth, usage in parts:
+            total.sub_calls += usage.sub_calls
+            level = total.by_depth.setdefault(depth, {})
+            for name, used in usage.by_model.items():
+                total.model(name).add(used)
+                level.setdefault(name, ModelUsage()).add(used)
+        return total
 
     def model(self, name: str) -> ModelUsage:
         return self.by_model.setdefault(name, ModelUsage())
@@ -39,11 +64,14 @@ class Usage:
         return sum(m.total_tokens for m in self.by_model.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "sub_calls": self.sub_calls,
             "total_tokens": self.total_tokens,
-            "by_model": {
-                name: {**asdict(m), "total_tokens": m.total_tokens}
-                for name, m in self.by_model.items()
-            },
+            "by_model": {name: m.to_dict() for name, m in self.by_model.items()},
         }
+        if self.by_depth:
+            data["by_depth"] = {
+                str(depth): {name: m.to_dict() for name, m in models.items()}
+                for depth, models in sorted(self.by_depth.items())
+            }
+        return data

@@ -28,6 +28,9 @@ def _no_ambient_config(
         "RLM_MAX_ITERATIONS",
         "RLM_OUTPUT_LIMIT",
         "RLM_REQUEST_TIMEOUT",
+        "RLM_MAX_DEPTH",
+        "RLM_CHILD_MODEL",
+        "RLM_PRICES",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -262,23 +262,39 @@ async def test_a_missing_variable_when_forced_is_no_answer() -> None:
 
 
 @pytest.mark.parametrize(
-    ("limits", "code", "kind", "refused"),
+    ("limits", "code", "kind", "refused", "stopped"),
     [
-        (SessionLimits(max_sub_calls=2), "llm_batch(['a', 'b', 'c'])", "sub_calls", 3),
-        (SessionLimits(max_batch_size=2), "llm_batch(['a', 'b', 'c'])", "batch_size", 3),
-        (SessionLimits(max_prompt_chars=5), "llm_query('too long a prompt')", "prompt_chars", 1),
-        (SessionLimits(max_tokens=1), "llm_batch(['a', 'b'])", "tokens", 2),
+        (
+            SessionLimits(max_sub_calls=2),
+            "llm_batch(['a', 'b', 'c'])",
+            "sub_calls",
+            3,
+            "max_sub_calls",
+        ),
+        (SessionLimits(max_batch_size=2), "llm_batch(['a', 'b', 'c'])", "batch_size", 3, None),
+        (
+            SessionLimits(max_prompt_chars=5),
+            "llm_query('too long a prompt')",
+            "prompt_chars",
+            1,
+            None,
+        ),
+        (SessionLimits(max_tokens=1), "llm_batch(['a', 'b'])", "tokens", 2, "max_tokens"),
     ],
 )
 async def test_a_limit_reached_is_recorded_and_outranks_an_answer(
-    limits: SessionLimits, code: str, kind: str, refused: int
+    limits: SessionLimits, code: str, kind: str, refused: int, stopped: str | None
 ) -> None:
     # The model catches the refusal and answers anyway: the answer may lack that work.
+    # A run limit (sub-calls, tokens) also stops the run: the model is made to answer,
+    # or, with the tokens spent, the run ends without another model call.
     guarded = f"try:\n    print({code})\nexcept RLMCallError as e:\n    print('refused', e)"
     with OfflineModelServer(root_script=[cell(guarded), "FINAL(done)"]) as server:
         config = make_config(server, limits=limits)
         result = await RLM(config).acompletion("ctx", "q")
-    assert result.answer == "done" and not result.forced
+    assert result.stopped == stopped and result.forced == (stopped is not None)
+    if stopped != "max_tokens":
+        assert result.answer == "done"
     assert (result.status, result.exit_code) == ("limit", 4)
     assert result.limits == {kind: refused}
     assert result.to_dict()["limits"] == {kind: refused}

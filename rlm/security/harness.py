@@ -88,8 +88,10 @@ class RecordingBridge(SessionBridge):
     ``session`` is swapped by the harness for each payload; the sandbox never sees it.
     """
 
-    def __init__(self, batcher: BatchRunner, session: SessionState, canary: Canary) -> None:
-        super().__init__(batcher, session)
+    def __init__(
+        self, batcher: BatchRunner, session: SessionState, canary: Canary, **parts: Any
+    ) -> None:
+        super().__init__(batcher, session, **parts)
         self.canary = canary
         self.frames = 0
         self.refusals = 0
@@ -228,7 +230,9 @@ class SecurityHarness:
             batcher=self.batcher,
             session=self.new_session(),
             sandboxes=target.factory,
-            bridge=lambda batcher, session: RecordingBridge(batcher, session, canary),
+            bridge=lambda batcher, session, **parts: RecordingBridge(
+                batcher, session, canary, **parts
+            ),
         )
         await stack.start(SUITE_CONTEXT)
         assert isinstance(stack.bridge, RecordingBridge)

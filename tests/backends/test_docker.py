@@ -459,7 +459,9 @@ FORGERIES = {
 
 
 class SlowBatcher(FakeBatcher):
-    async def run(self, session: Any, model: str, prompts: list[str], mc: int | None) -> Any:
+    async def run(
+        self, session: Any, model: str, prompts: list[str], mc: int | None, **kw: Any
+    ) -> Any:
         if prompts == ["hang"]:
             await anyio.sleep(30)
         return await super().run(session, model, prompts, mc)

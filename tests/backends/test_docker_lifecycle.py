@@ -46,7 +46,7 @@ from tests.support import FakeBatcher, make_bridge
 
 
 class SlowBatcher(FakeBatcher):
-    async def run(self, session, model, prompts, max_concurrent):
+    async def run(self, session, model, prompts, max_concurrent, *, on_result=None):
         print("batching", flush=True)
         await anyio.sleep(3600)
 

@@ -31,7 +31,13 @@ class FakeBatcher:
         self.hang_s = 3.0
 
     async def run(
-        self, session: SessionState, model: str, prompts: list[str], max_concurrent: int | None
+        self,
+        session: SessionState,
+        model: str,
+        prompts: list[str],
+        max_concurrent: int | None,
+        *,
+        on_result: Any = None,
     ) -> list[SubResult]:
         self.calls.append(list(prompts))
         if "hang" in prompts:

@@ -149,7 +149,7 @@ print(r)
 async def test_host_failures_do_not_leak_details(box: RestrictedSandbox) -> None:
     assert box.bridge is not None
 
-    async def broken(*_args: Any) -> Any:
+    async def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError(f"internal {CANARY}")
 
     box.bridge.batcher.run = broken  # type: ignore[method-assign]
