@@ -351,8 +351,9 @@ class SessionBridge:
                 continue
             size = len(context) if isinstance(context, str) else _json_size(context, budget)
             if size > limit:
+                more = "" if isinstance(context, str) else "+"
                 raise BudgetExceeded(
-                    f"context {i} has {size:,}+ characters, over the {limit:,} a child run "
+                    f"context {i} has {size:,}{more} characters, over the {limit:,} a child run "
                     "may take; give each child a slice of the data, or filter it first"
                 )
         return contexts

@@ -139,7 +139,7 @@ class RLM:
             backend=sandbox.name,
             backend_reason=backend.reason,
             max_depth=config.max_depth,
-            tools=self.tools.names,
+            tools=list(self.tools.names),
         )
         try:
             await stack.start(context)

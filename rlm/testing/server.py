@@ -77,6 +77,8 @@ class ServerStats:
     models: Counter[str] = field(default_factory=Counter)
     #: The largest request body seen per model, in bytes.
     largest_request: Counter[str] = field(default_factory=Counter)
+    #: System messages seen, per model (each distinct one once).
+    systems: dict[str, set[str]] = field(default_factory=dict)
     #: Requests per User-Agent header.
     user_agents: Counter[str] = field(default_factory=Counter)
     #: Each client connection (address, port) that sent a completion request.
@@ -244,6 +246,9 @@ class OfflineModelServer:
         self.stats.models[model] += 1
         self.stats.largest_request[model] = max(self.stats.largest_request[model], len(body))
         self.stats.prompts[text] += 1
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+            seen = self.stats.systems.setdefault(model, set())
+            seen.add(str(messages[0].get("content") or ""))
         try:
             await self._complete(request, model, messages, text, receive, send)
         finally:
