@@ -34,10 +34,12 @@ if TYPE_CHECKING:
     )
     from rlm.events import EventName
     from rlm.failures import FailureKind
+    from rlm.limits import SessionLimits
     from rlm.provider import ModelClient
     from rlm.result import RLMResult, RunStatus
-    from rlm.session import SessionLimits
     from rlm.subcalls import Batcher
+    from rlm.tools import Tool, ToolSet
+    from rlm.tree import ModelPrice, StopReason
     from rlm.usage import ModelUsage, Usage
 
 __version__ = "0.1.0"
@@ -61,7 +63,11 @@ _HOMES = {
     "RunStatus": "rlm.result",
     "SandboxError": "rlm.errors",
     "SandboxUnavailable": "rlm.errors",
-    "SessionLimits": "rlm.session",
+    "SessionLimits": "rlm.limits",
+    "StopReason": "rlm.tree",
+    "ModelPrice": "rlm.tree",
+    "Tool": "rlm.tools",
+    "ToolSet": "rlm.tools",
     "Usage": "rlm.usage",
 }
 
@@ -76,6 +82,7 @@ __all__ = [
     "FailureKind",
     "ModelCallError",
     "ModelClient",
+    "ModelPrice",
     "ModelUsage",
     "RLMConfig",
     "RLMError",
@@ -84,6 +91,9 @@ __all__ = [
     "SandboxError",
     "SandboxUnavailable",
     "SessionLimits",
+    "StopReason",
+    "Tool",
+    "ToolSet",
     "Usage",
 ]
 
