@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlm.errors import BridgeRefusal, BudgetExceeded
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 #: Called with each prompt's index and result as it completes.
 ResultCallback = Callable[[int, "SubResult"], None]
+#: A validated batch, not started yet: run it, hearing each result as it completes.
+Work = Callable[[ResultCallback | None], Awaitable[Sequence["SubResult"]]]
 
 METHODS = (
     "llm_query",
@@ -174,7 +176,7 @@ class SessionBridge:
 
     def _batch_work(
         self, method: str, params: dict[str, Any], *, single: bool = False
-    ) -> tuple[Callable[[ResultCallback | None], Any], int]:
+    ) -> tuple[Work, int]:
         """Validate a batch request; returns the work to run it, and its size.
 
         The work is not started: a stream runs it in the background, a plain call
@@ -203,7 +205,7 @@ class SessionBridge:
 
     def _llm_work(
         self, model: str, prompts: list[str], max_concurrent: int | None, method: str
-    ) -> Callable[[ResultCallback | None], Any]:
+    ) -> Work:
         session = self.session
 
         async def work(on_result: ResultCallback | None) -> Sequence[SubResult]:
@@ -241,7 +243,7 @@ class SessionBridge:
 
     def _children_work(
         self, prompts: list[str], contexts: list[Any] | None, max_concurrent: int | None
-    ) -> Callable[[ResultCallback | None], Any]:
+    ) -> Work:
         session = self.session
         children = self.children
 

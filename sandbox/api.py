@@ -205,11 +205,12 @@ def make_functions(
 def _prompts(prompts: Any, name: str) -> list[str]:
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise TypeError(f"{name}(prompts) takes a list of str")
-    prompts = list(prompts)
+    checked: list[str] = []
     for i, p in enumerate(prompts):
         if not isinstance(p, str):
             raise TypeError(f"{name}: prompts[{i}] is {type(p).__name__}, not str")
-    return prompts
+        checked.append(p)
+    return checked
 
 
 def _check_concurrency(max_concurrent: Any, name: str) -> None:

@@ -67,6 +67,7 @@ async def test_a_depth_two_child_answers_from_its_own_context(
     assert by_depth[1][CHILD_MODEL].calls == 3 and by_depth[1][SUB_MODEL].calls >= 1
     assert result.usage.by_model[SUB_MODEL].calls == by_depth[1][SUB_MODEL].calls
     # Every event says which run it belongs to; the child's are nested under its start.
+    assert all({"run_id", "parent_id", "depth"} <= e.keys() for e in result.trajectory)
     root_id = result.session_id
     (start,) = events_of(result, "child_start")
     (end,) = events_of(result, "child_end")
