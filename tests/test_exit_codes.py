@@ -127,6 +127,20 @@ def test_a_limit_outranks_a_forced_answer(server: OfflineModelServer, haystack_f
     flags = ("--query", "What is the code?", "--max-sub-calls", "1", "--max-iterations", "2")
     code, result, _ = run_json(haystack_file, *flags, env=model_env(server))
     assert (code, result["status"], result["forced"]) == (4, "limit", True)
+    assert result["stopped"] == "max_sub_calls"
+
+
+def test_a_run_limit_flag_stops_the_run_and_json_names_it(
+    server: OfflineModelServer, haystack_file: Path
+) -> None:
+    # The demo policy's second turn sends a batch; four children would be allowed
+    # by --max-depth 2, but the wall time allows no second root call at 0.5 s a call.
+    server.latency = 0.5
+    flags = ("--query", "What is the code?", "--max-depth", "2", "--max-wall-time", "0.8")
+    code, result, stderr = run_json(haystack_file, *flags, env=model_env(server))
+    assert (code, result["status"], result["stopped"]) == (4, "limit", "max_wall_time_s"), stderr
+    assert result["wall_time_s"] < 0.8 + 30  # within the forced turn's grace
+    assert result["children"] == 0
 
 
 # -- a run that failed ------------------------------------------------------------------
@@ -143,6 +157,22 @@ def test_no_model_is_a_config_error_2_also_in_json(haystack_file: Path) -> None:
 def test_a_bad_flag_value_is_a_config_error_2(haystack_file: Path) -> None:
     proc = rlm("run", "--context", str(haystack_file), "--query", "q", "--max-sub-calls", "x")
     assert proc.returncode == 2 and "invalid int value" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-depth", "0", "max_depth must be at least 1"),
+        ("--max-wall-time", "-1", "--max-wall-time must be 0 or more"),
+        ("--max-cost-usd", "0", "max_cost_usd must be positive"),
+    ],
+)
+def test_a_bad_run_limit_is_a_config_error_2(
+    haystack_file: Path, flag: str, value: str, message: str
+) -> None:
+    env = {"RLM_MODEL": "m", "OPENAI_API_KEY": "k"}
+    proc = rlm("run", "--context", str(haystack_file), "--query", "q", flag, value, env=env)
+    assert_one_line_error(proc, message, code=2)
 
 
 def test_a_refused_root_model_is_a_provider_error_5(haystack_file: Path) -> None:
