@@ -96,7 +96,7 @@ class DockerSandbox(Sandbox):
         self.containers_started += 1
         self.bridge.session.event("sandbox_started", backend=self.name, container=box.id[:12])
         # Before any cell, in every container: a restart must not lose the tools.
-        specs = getattr(self.bridge, "tool_specs", None)
+        specs = self.bridge.tool_specs
         if specs:
             await self._send_loading({"type": "define_tools", "tools": specs}, "defining the tools")
 

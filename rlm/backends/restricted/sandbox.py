@@ -150,7 +150,7 @@ class RestrictedSandbox(Sandbox):
     def _new_epoch(self) -> Epoch:
         guards = new_guards(memory_limit=self.memory_limit_bytes, output_limit=self.output_limit)
         namespace: dict[str, Any] = {"__builtins__": guards.builtins}
-        tools = getattr(self.bridge, "tool_specs", None)
+        tools = self.bridge.tool_specs
         namespace.update(make_functions(self._make_transport(guards), tools))
         context = self._context
         namespace["context"] = None if context is None else plain_copy(context, CONTEXT)
