@@ -158,3 +158,16 @@ async def test_a_stream_left_open_is_cancelled_when_the_cell_ends(setup: Setup) 
     assert result.error is not None and "RLMCallError" in result.error, result
     result, _ = await setup.cell(IN_ORDER)
     assert result.error is None and result.stdout.strip() == "[5, 4, 3, 2, 1, 0]", result
+
+
+async def test_rlm_batch_iter_streams_too(setup: Setup) -> None:
+    # No child runner on this bridge: the prompts go to the sub model with their
+    # contexts, through the same stream.
+    code = """
+for i, answer in rlm_batch_iter(["first", "second [[sleep:0.2]]"], contexts=["c1", "c2"]):
+    print(i, answer.splitlines()[0])
+"""
+    result, _ = await setup.cell(code)
+
+    assert result.error is None, result
+    assert result.stdout.splitlines() == ["0 echo: first", "1 echo: second [[sleep:0.2]]"]
