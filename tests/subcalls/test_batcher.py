@@ -525,6 +525,35 @@ async def test_tenants_share_round_robin_not_per_session() -> None:
     assert usage["one"]["by_model"][SUB]["calls"] == 100
 
 
+async def test_a_tree_of_children_takes_one_session_s_share() -> None:
+    # Same tenant: a root with three children against one other session. Children
+    # share their tree's turn, so the other session gets half the slots, not a
+    # quarter.
+    async with served(latency=0.01, max_concurrent=2) as (_server, batcher):
+        root = session(tenant="t")
+        children = [
+            SessionState(
+                sub_model=SUB, tenant="t", tree=root.tree, depth=1, parent_id=root.session_id
+            )
+            for _ in range(3)
+        ]
+        other = session(tenant="t")
+        finished: dict[str, int] = {}
+
+        async def lone() -> None:
+            await batcher.run(other, SUB, [f"other {i}" for i in range(60)])
+            finished["tree_done"] = sum(c.usage.sub_calls for c in children)
+
+        async with anyio.create_task_group() as tg:
+            for k, child in enumerate(children):
+                tg.start_soon(batcher.run, child, SUB, [f"child {k} {i}" for i in range(60)])
+            tg.start_soon(lone)
+
+    # One key per child would give the tree ~180 done by then; one per tree ~60.
+    assert finished["tree_done"] < 100
+    assert all(c.fair_key == root.session_id for c in children)
+
+
 # -- cancellation --------------------------------------------------------------------------
 
 
