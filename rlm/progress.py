@@ -40,12 +40,17 @@ class EtaColumn(ProgressColumn):
 
 
 class RunReporter:
-    """An ``on_event`` callback that prints a run's progress to a console."""
+    """An ``on_event`` callback that prints a run's progress to a console.
+
+    A run with children is shown as a tree: each line is indented by its run's
+    depth, so a child's iterations, cells and batches sit under the ``child`` line
+    of the cell that started it. Batches of runs going at once each get a bar.
+    """
 
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("  sub-calls"),
+            TextColumn("{task.fields[label]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -53,7 +58,8 @@ class RunReporter:
             console=console,
             transient=True,
         )
-        self._batch: TaskID | None = None
+        #: Bars of the batches in flight, by (run id, batch number).
+        self._batches: dict[tuple[str, int], TaskID] = {}
 
     def __enter__(self) -> RunReporter:
         self.progress.start()
@@ -69,7 +75,12 @@ class RunReporter:
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event["event"]
-        say = self.progress.console.print
+        pad = "    " * int(event.get("depth") or 0)
+
+        def say(line: str) -> None:
+            self.progress.console.print(pad + line)
+
+        batch = (str(event.get("run_id")), int(event.get("batch") or 0))
         if kind == "run_start":
             say(
                 f"[bold]rlm[/] {event['model']} → sub-model {event['sub_model']} "
@@ -88,20 +99,37 @@ class RunReporter:
                 status = "[red]timed out[/]"
             say(f"  cell {status} in {event['duration_s']:.2f} s")
         elif kind == "batch_start":
-            self._batch = self.progress.add_task("batch", total=event["size"], eta_at=None)
-        elif kind == "batch_progress" and self._batch is not None:
+            self._batches[batch] = self.progress.add_task(
+                "batch", total=event["size"], eta_at=None, label=f"{pad}  sub-calls"
+            )
+        elif kind == "batch_progress" and batch in self._batches:
             eta = event.get("eta_s")
             eta_at = None if eta is None else time.monotonic() + eta
-            self.progress.update(self._batch, completed=event["done"], eta_at=eta_at)
-        elif kind == "batch_end" and self._batch is not None:
-            self.progress.remove_task(self._batch)
-            self._batch = None
+            self.progress.update(self._batches[batch], completed=event["done"], eta_at=eta_at)
+        elif kind == "batch_end" and batch in self._batches:
+            self.progress.remove_task(self._batches.pop(batch))
             failures = event.get("failures", 0)
             note = f", [red]{failures} failed[/]" if failures else ""
+            if event.get("cancelled"):
+                note += f", [yellow]cancelled after {event['done']}[/]"
             say(
                 f"  llm_batch: {event['size']} sub-calls to {event['model']} "
                 f"in {event['seconds']:.2f} s{note}"
             )
+        elif kind == "child_start":
+            say(f"  [magenta]child[/] {event['child_id']} ({event['model']}): {event['context']}")
+        elif kind == "child_end":
+            if event["status"] in ("answered", "forced"):
+                say(f"  [magenta]child[/] {event['child_id']} answered in {event['seconds']:.2f} s")
+            else:
+                say(
+                    f"  [magenta]child[/] {event['child_id']} [red]{event['status']}[/]: "
+                    f"{event.get('error') or ''}"[:300]
+                )
+        elif kind == "tool_end" and not event.get("ok"):
+            say(f"  [yellow]tool {event['name']} failed: {event.get('error')}[/]")
+        elif kind == "limit_reached":
+            say(f"  [yellow]limit reached: {event['limit']}; the run must answer now[/]")
         elif kind == "missing_variable":
             say(f"  [yellow]FINAL_VAR named a missing variable {event['name']!r}[/]")
         elif kind == "root_retry":

@@ -42,3 +42,28 @@ def test_events_without_an_eta_still_work() -> None:
     assert eta_text(report) == "eta -:--:--"
     report({"event": "batch_end", "size": 3, "model": "m", "seconds": 0.1, "failures": 0})
     assert report.progress.tasks == []
+
+
+async def test_a_tree_is_shown_with_children_indented_under_their_parent() -> None:
+    from rlm import RLM
+    from rlm.testing import OfflineModelServer
+    from tests.support import ROOT_MODEL, make_config
+
+    root = [
+        "```repl\nrs = rlm_batch(['a', 'b'])\n```",
+        "FINAL_VAR(rs)",
+    ]
+    child = ["```repl\nx = llm_batch([context, context + '!'])\n```", "FINAL_VAR(x)"]
+    out = io.StringIO()
+    report = RunReporter(Console(file=out, width=200, color_system=None))
+    with OfflineModelServer(scripts={ROOT_MODEL: root, "root-child": child}) as server:
+        config = make_config(server, max_depth=2, child_model="root-child")
+        with report:
+            await RLM(config, on_event=report).acompletion("ctx", "q")
+    lines = out.getvalue().splitlines()
+    child_lines = [line for line in lines if line.startswith("      ")]
+    assert sum("child" in line and "answered" in line for line in lines) == 2
+    # Each child's iterations and batches are one level in (4 spaces) past the root's.
+    assert sum(line.startswith("    iteration 1") for line in lines) == 2
+    assert sum(line.startswith("      llm_batch: 2 sub-calls") for line in child_lines) == 2
+    assert sum(line.startswith("iteration 1") for line in lines) == 1
