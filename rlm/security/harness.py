@@ -17,13 +17,14 @@ import gc
 import os
 import sys
 import time
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 import anyio
 
 from rlm.backends.base import Sandbox
-from rlm.bridge import BatchRunner, SessionBridge
+from rlm.children import Children
 from rlm.config import RLMConfig
 from rlm.errors import VariableNotFound
 from rlm.provider.client import ModelClient
@@ -34,14 +35,24 @@ from rlm.security.judge import (
     Observation,
     Rules,
     describe,
+    describe_tree,
     host_integrity,
     integrity_changes,
     judge,
 )
+from rlm.security.recording import HOST_STALL_LIMIT, Heartbeat, RecordingBridge
 from rlm.security.report import PayloadResult, TargetReport
 from rlm.security.targets import Target
+from rlm.security.tooling import (
+    CHILD_ITERATIONS,
+    CHILD_MODEL,
+    MAX_DEPTH,
+    AttackTools,
+    child_script,
+    children_config,
+)
 from rlm.session import SessionLimits, SessionState
-from rlm.stack import build_session
+from rlm.stack import BackendChoice, build_session
 from rlm.subcalls.batcher import Batcher
 from rlm.subcalls.retry import RetryPolicy
 from rlm.testing import OfflineModelServer
@@ -53,6 +64,11 @@ SUITE_LIMITS = SessionLimits(
     max_prompt_chars=20_000,
     max_batch_size=16,
     max_concurrent=8,
+    # Children are real runs with sandboxes of their own: few, so the corpus stays
+    # quick, and few at once.
+    max_children=3,
+    max_live_children=2,
+    max_child_context_chars=200_000,
 )
 SUITE_RETRY = RetryPolicy(max_tries=2, base_delay=0.05, max_delay=0.2, max_elapsed=2.0)
 #: The context loaded into every sandbox; payloads may read it, it holds nothing secret.
@@ -61,88 +77,6 @@ SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
 SUITE_OUTPUT_LIMIT = 4_000
 #: Seconds the provider may still be serving a payload's sub-calls after its cell ended.
 _LINGER_LIMIT = 5.0
-
-
-def _scan(value: Any, depth: int = 0) -> str:
-    """Plain data as text, without calling any method an object from the sandbox defines."""
-    if depth > 8:
-        return "..."
-    if isinstance(value, str):
-        return str.__str__(value)
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return " ".join(_scan(k, depth + 1) + " " + _scan(v, depth + 1) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return " ".join(_scan(v, depth + 1) for v in value)
-    if isinstance(value, int) and value.bit_length() < 4000:
-        return int.__repr__(value)
-    if isinstance(value, float):
-        return float.__repr__(value)
-    return f"<{type(value).__name__}>"
-
-
-class RecordingBridge(SessionBridge):
-    """A SessionBridge that looks at every frame crossing it, both ways.
-
-    ``session`` is swapped by the harness for each payload; the sandbox never sees it.
-    """
-
-    def __init__(
-        self, batcher: BatchRunner, session: SessionState, canary: Canary, **parts: Any
-    ) -> None:
-        super().__init__(batcher, session, **parts)
-        self.canary = canary
-        self.frames = 0
-        self.refusals = 0
-        self.leaks: list[str] = []
-
-    def reset(self) -> None:
-        self.frames = self.refusals = 0
-        self.leaks = []
-
-    async def call(self, method: object, params: object) -> Any:
-        self.frames += 1
-        if self.canary.found_in(_scan(method) + " " + _scan(params)):
-            self.leaks.append(f"request frame {self.frames} ({_scan(method)[:40]})")
-        try:
-            result = await super().call(method, params)
-        except Exception as exc:
-            self.refusals += 1
-            if self.canary.found_in(str(exc)):
-                self.leaks.append(f"refusal of frame {self.frames}")
-            raise
-        if self.canary.found_in(_scan(result)):
-            self.leaks.append(f"reply to frame {self.frames}")
-        return result
-
-
-#: Longest the host's event loop may go unserved while a payload runs. An in-process
-#: backend holding the GIL in one long C call freezes every session of the host.
-#: Building a 2 GiB string in one call (allowed: it is within the memory limit) takes
-#: up to 3 s on a loaded 2-core machine; an unbounded C loop takes as long as it likes.
-HOST_STALL_LIMIT = 5.0
-
-
-class _Heartbeat:
-    """Measures the longest time the host's event loop could not run a task."""
-
-    interval = 0.05
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self.last = time.monotonic()
-
-    async def run(self) -> None:
-        while True:
-            self.last = time.monotonic()
-            await anyio.sleep(self.interval)
-            self.stop()
-
-    def stop(self) -> None:
-        # Also called when the payload ends: a beat that is overdue right then (the
-        # loop was frozen until just now) counts too.
-        self.worst = max(self.worst, time.monotonic() - self.last - self.interval)
 
 
 class SecurityHarness:
@@ -163,7 +97,11 @@ class SecurityHarness:
         #: job, so harnesses running side by side never unset each other's).
         self._own_canary = canary is None
         self.canary = canary or Canary.new()
-        self.rules = Rules(grace, output_limit, self.canary, limits.max_sub_calls)
+        # A copy of the limits: one changed in place would still equal itself.
+        self.rules = Rules(
+            grace, output_limit, self.canary, limits.max_sub_calls, limits=replace(limits)
+        )
+        self.tools: AttackTools | None = None
         self.fixtures: HostFixtures | None = None
         self.server: OfflineModelServer | None = None
         self.client: ModelClient | None = None
@@ -179,7 +117,8 @@ class SecurityHarness:
         if self._own_canary:
             self._saved_env = self.canary.export()
         self.fixtures = HostFixtures(self.canary)
-        self.server = OfflineModelServer().start()
+        self.tools = AttackTools(self.canary, self.fixtures.secret_file)
+        self.server = OfflineModelServer(scripts={CHILD_MODEL: child_script()}).start()
         self.client = ModelClient(
             api_key=self.canary.value, base_url=self.server.base_url, timeout=10.0
         )
@@ -198,6 +137,8 @@ class SecurityHarness:
             await self.client.aclose()
         if self.server is not None:
             self.server.stop()
+        if self.tools is not None:
+            self.tools.close()
         if self.fixtures is not None:
             self.fixtures.close()
         if self._saved_env is not None:
@@ -222,8 +163,31 @@ class SecurityHarness:
 
     # -- running ------------------------------------------------------------------
 
+    def rules_for(self, target: Target) -> Rules:
+        """The bounds on ``target``: with children, none may reach the depth limit."""
+        assert self.tools is not None
+        tools = self.tools.tools
+        return replace(
+            self.rules,
+            max_depth=MAX_DEPTH if target.child_config is not None else 1,
+            tool_limits={
+                name: limit
+                for name in tools.names
+                if (limit := tools.max_calls_of(name)) is not None
+            },
+        )
+
+    def children_for(self, target: Target) -> Children | None:
+        """Child runs as ``target``'s deployment makes them, sharing the suite's batcher."""
+        if target.child_config is None:
+            return None
+        assert self.batcher is not None and self.tools is not None
+        config = children_config(target.child_config.with_(limits=self.limits))
+        backend = BackendChoice("docker" if config.backend == "docker" else "restricted", "")
+        return Children(config, backend, self.batcher, tools=self.tools.tools)
+
     async def start_sandbox(self, target: Target) -> tuple[Sandbox, RecordingBridge]:
-        assert self.batcher is not None
+        assert self.batcher is not None and self.tools is not None
         canary = self.canary
         stack = build_session(
             RLMConfig(sub_model=SUB_MODEL),
@@ -233,6 +197,8 @@ class SecurityHarness:
             bridge=lambda batcher, session, **parts: RecordingBridge(
                 batcher, session, canary, **parts
             ),
+            children=self.children_for(target),
+            tools=self.tools.tools,
         )
         await stack.start(SUITE_CONTEXT)
         assert isinstance(stack.bridge, RecordingBridge)
@@ -335,10 +301,13 @@ class SecurityHarness:
         self, target: Target, payload: Payload, sandbox: Sandbox, bridge: RecordingBridge
     ) -> tuple[PayloadResult, bool]:
         """Run one payload in ``sandbox``; returns its result and whether to restart."""
-        assert self.fixtures is not None and self.server is not None
+        assert self.fixtures is not None and self.server is not None and self.tools is not None
         session = self.new_session()
         bridge.session = session
         bridge.reset()
+        self.tools.reset()
+        victim_tool_hits = self.tools.victim_hits
+        child_roots_mark = self.server.stats.models[CHILD_MODEL]
         listen_mark = self.fixtures.listeners.count()
         requests_mark = self.server.stats.requests
         in_flight_mark = self.server.stats.in_flight
@@ -347,14 +316,16 @@ class SecurityHarness:
         integrity = host_integrity()
         code = payload.render(self.placeholders())
         seen = Observation(code=code)
-        heartbeat = _Heartbeat()
+        heartbeat = Heartbeat()
         async with anyio.create_task_group() as watch:
             watch.start_soon(heartbeat.run)
             broken = await self._attack(sandbox, payload, seen)
             heartbeat.stop()
             watch.cancel_scope.cancel()
         expect = payload.expectation(target.kind, target.runtime)
-        problems = judge(self.rules, payload, expect, seen, bridge.leaks, session)
+        problems = judge(self.rules_for(target), payload, expect, seen, bridge.leaks, session)
+        if self.tools.victim_hits != victim_tool_hits:
+            problems.append("another run's tool was called")
         if heartbeat.worst > HOST_STALL_LIMIT:
             problems.append(
                 f"the host's event loop stalled for {heartbeat.worst:.1f} s while the payload "
@@ -366,7 +337,13 @@ class SecurityHarness:
         reached = self.fixtures.listeners.since(listen_mark)
         if reached:
             problems.append(f"reached a host listener: {'; '.join(reached[:3])}")
-        requests = self.server.stats.requests - requests_mark
+        # Children's root models are called by the host, not by model code: they are
+        # bounded by the children allowed, not by the sub-call budget.
+        child_roots = self.server.stats.models[CHILD_MODEL] - child_roots_mark
+        most = (self.limits.max_children or 0) * CHILD_ITERATIONS
+        if child_roots > most:
+            problems.append(f"{child_roots} child root calls, over the {most} its children allow")
+        requests = self.server.stats.requests - requests_mark - child_roots
         budget = self.limits.max_sub_calls
         if budget is not None and requests > budget:
             problems.append(
@@ -378,7 +355,9 @@ class SecurityHarness:
                 f"{lingering} sub-calls were still running at the provider "
                 f"{_LINGER_LIMIT:g} s after the cell ended"
             )
-        retries = sum(m.retries for m in session.usage.by_model.values())
+        retries = sum(
+            m.retries for run in session.tree.sessions for m in run.usage.by_model.values()
+        )
         if requests > session.calls_admitted + retries:
             problems.append(
                 f"the model server got {requests} requests but only "
@@ -394,6 +373,7 @@ class SecurityHarness:
         if not self.fixtures.secret_intact():
             problems.append("the host's secret file was changed")
         evidence = describe(seen).replace(self.canary.value, "<CANARY>")
+        evidence += describe_tree(session)
         if heartbeat.worst > 0.5:
             evidence += f" | host loop stalled {heartbeat.worst:.1f}s"
         ignored = self.unraisable[unraisable_mark:]
@@ -431,6 +411,11 @@ class SecurityHarness:
                 seen.result = await sandbox.execute(seen.code, payload.timeout)
             except Exception as exc:
                 seen.raised = exc
+            finally:
+                # As the root loop does after every cell: what the cell left running
+                # (streams it never closed) ends with it.
+                with anyio.move_on_after(30, shield=True), contextlib.suppress(Exception):
+                    await sandbox.bridge.cell_finished()
         seen.overran = scope.cancelled_caught
         seen.seconds = time.monotonic() - started
         broken = seen.overran or seen.raised is not None
