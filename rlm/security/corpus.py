@@ -103,6 +103,9 @@ class Expectation:
     truncated: bool | None = None
     #: The backend must report the sandbox's state as lost (a restart happened).
     state_lost: bool | None = None
+    #: At most this much work admitted across the run's tree: sub-calls, children
+    #: and tool calls (0 for a payload whose every request must be refused).
+    max_admitted: int | None = None
 
 
 _EXPECTATION_FIELDS = {f.name for f in fields(Expectation)}

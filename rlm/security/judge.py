@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rlm.backends.base import CellResult
 from rlm.errors import RLMError
 from rlm.security.corpus import Expectation, Payload
 from rlm.security.hostside import Canary
-from rlm.session import SessionState
+from rlm.session import SessionLimits, SessionState
 
 #: Seconds reading a variable back may take: above the backends' own bounds (10 s for
 #: restricted, 30 s for Docker, after which they restart), so only a hang is flagged.
@@ -35,6 +36,12 @@ class Rules:
     canary: Canary
     #: The session's sub-call budget (None: unbounded).
     max_sub_calls: int | None
+    #: The limits the host bound the run to; nothing the sandbox does may change them.
+    limits: SessionLimits | None = None
+    #: Levels of runs allowed: every run of the tree is at a depth below it.
+    max_depth: int = 1
+    #: Each host tool's call limit per run.
+    tool_limits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +171,37 @@ def judge(
     budget = rules.max_sub_calls
     if budget is not None and session.calls_admitted > budget:
         problems.append(f"{session.calls_admitted} sub-calls admitted, over {budget}")
+    problems += _tree_problems(rules, expect, session)
+    return problems
+
+
+def _tree_problems(rules: Rules, expect: Expectation, session: SessionState) -> list[str]:
+    """What the run's tree shows: depth, children, tool calls, limits, all host-side."""
+    problems: list[str] = []
+    tree = session.tree
+    deepest = max((run.depth for run in tree.sessions), default=0)
+    if deepest >= rules.max_depth:
+        problems.append(f"a run reached depth {deepest}; the limit allows {rules.max_depth - 1}")
+    if session.depth != 0 or session.parent_id is not None:
+        problems.append("the root run's own depth or parent changed")
+    children = sum(1 for run in tree.sessions if run.depth > 0)
+    limits = rules.limits
+    if limits is not None:
+        if session.limits != limits or tree.limits != limits:
+            problems.append("the run's limits changed while it ran")
+        cap = limits.max_children
+        if cap is not None and max(children, tree.children_started) > cap:
+            problems.append(f"{children} child runs started, over the limit of {cap}")
+    for name, calls in tree.tool_calls.items():
+        cap = rules.tool_limits.get(name)
+        if cap is not None and calls > cap:
+            problems.append(f"tool {name} ran {calls} times, over its limit of {cap}")
+    admitted = tree.calls_admitted + tree.children_started + sum(tree.tool_calls.values())
+    if expect.max_admitted is not None and admitted > expect.max_admitted:
+        problems.append(
+            f"the host admitted {admitted} sub-calls, children and tool calls, "
+            f"over the {expect.max_admitted} this payload may get"
+        )
     return problems
 
 
@@ -229,3 +267,17 @@ def describe(seen: Observation) -> str:
             last = r.error.strip().splitlines()[-1] if r.error.strip() else r.error
             bits.append(f"error={last[:300]!r}")
     return " | ".join(bits)
+
+
+def describe_tree(session: SessionState) -> str:
+    """The run's tree for the report, when it is more than the root run's sub-calls."""
+    tree = session.tree
+    children = [run for run in tree.sessions if run.depth > 0]
+    if not children and not tree.tool_calls:
+        return ""
+    deepest = max(run.depth for run in tree.sessions)
+    tools = ",".join(f"{name}={n}" for name, n in sorted(tree.tool_calls.items()))
+    return (
+        f" | tree: {len(children)} children (deepest run at depth {deepest}), "
+        f"{tree.calls_admitted} sub-calls, tool calls {tools or 'none'}"
+    )

@@ -27,6 +27,9 @@ class Target:
     fingerprint: Callable[[], str | None] | None = None
     #: Releases what the factory shares between sandboxes (an engine connection).
     close: Callable[[], None] | None = None
+    #: How this deployment makes a child RLM's sandbox (its backend settings); None:
+    #: the target cannot run children, and ``rlm_query`` stays a plain sub-call.
+    child_config: RLMConfig | None = None
 
     @property
     def in_process(self) -> bool:
@@ -41,6 +44,7 @@ def restricted_target(output_limit: int) -> Target:
         name="restricted",
         kind="restricted",
         factory=lambda bridge: RestrictedSandbox(bridge, output_limit=output_limit),
+        child_config=RLMConfig(backend="restricted", output_limit=output_limit),
     )
 
 
@@ -92,6 +96,15 @@ def spec_target(spec: ContainerSpec, output_limit: int) -> Target:
         ),
         fingerprint=lambda: image_fingerprint(spec.image),
         close=close,
+        # Children get containers of the same image, runtime and limits.
+        child_config=RLMConfig(
+            backend="docker",
+            docker_runtime=spec.runtime,
+            image=spec.image,
+            docker_memory=spec.memory,
+            docker_cpus=spec.cpus,
+            output_limit=output_limit,
+        ),
     )
 
 
