@@ -22,6 +22,9 @@ CLASSES = {
     "bridge": 30,
     "network": 15,
     "host": 15,
+    "recursion": 15,
+    "streams": 8,
+    "tools": 15,
 }
 
 
