@@ -27,6 +27,7 @@ from rlm.backends.base import Sandbox
 from rlm.children import Children
 from rlm.config import RLMConfig
 from rlm.errors import VariableNotFound
+from rlm.events import Event
 from rlm.provider.client import ModelClient
 from rlm.security.corpus import MARKER, Payload
 from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
@@ -158,8 +159,14 @@ class SecurityHarness:
             else "9",
         }
 
-    def new_session(self) -> SessionState:
-        return SessionState(sub_model=SUB_MODEL, limits=self.limits, tenant="attacker-tenant")
+    def new_session(self, events: list[Event] | None = None) -> SessionState:
+        """A payload's run; its children report to ``events`` (they inherit the sink)."""
+        return SessionState(
+            sub_model=SUB_MODEL,
+            limits=self.limits,
+            tenant="attacker-tenant",
+            emit=None if events is None else events.append,
+        )
 
     # -- running ------------------------------------------------------------------
 
@@ -302,7 +309,8 @@ class SecurityHarness:
     ) -> tuple[PayloadResult, bool]:
         """Run one payload in ``sandbox``; returns its result and whether to restart."""
         assert self.fixtures is not None and self.server is not None and self.tools is not None
-        session = self.new_session()
+        events: list[Event] = []
+        session = self.new_session(events)
         bridge.session = session
         bridge.reset()
         self.tools.reset()
@@ -315,7 +323,7 @@ class SecurityHarness:
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
         integrity = host_integrity()
         code = payload.render(self.placeholders())
-        seen = Observation(code=code)
+        seen = Observation(code=code, events=events)
         heartbeat = Heartbeat()
         async with anyio.create_task_group() as watch:
             watch.start_soon(heartbeat.run)
@@ -373,7 +381,7 @@ class SecurityHarness:
         if not self.fixtures.secret_intact():
             problems.append("the host's secret file was changed")
         evidence = describe(seen).replace(self.canary.value, "<CANARY>")
-        evidence += describe_tree(session)
+        evidence += describe_tree(session, events)
         if heartbeat.worst > 0.5:
             evidence += f" | host loop stalled {heartbeat.worst:.1f}s"
         ignored = self.unraisable[unraisable_mark:]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rlm.backends.base import CellResult
 from rlm.errors import RLMError
+from rlm.events import Event
 from rlm.security.corpus import Expectation, Payload
 from rlm.security.hostside import Canary
 from rlm.session import SessionLimits, SessionState
@@ -55,6 +56,8 @@ class Observation:
     seconds: float = 0.0
     variables: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    #: The run's events (its children's too), in the order they happened.
+    events: list[Event] = field(default_factory=list)
 
 
 def shown_text(result: CellResult | None, raised: BaseException | None, code: str = "") -> str:
@@ -171,13 +174,16 @@ def judge(
     budget = rules.max_sub_calls
     if budget is not None and session.calls_admitted > budget:
         problems.append(f"{session.calls_admitted} sub-calls admitted, over {budget}")
-    problems += _tree_problems(rules, expect, session)
+    problems += _tree_problems(rules, expect, session, seen.events)
     return problems
 
 
-def _tree_problems(rules: Rules, expect: Expectation, session: SessionState) -> list[str]:
+def _tree_problems(
+    rules: Rules, expect: Expectation, session: SessionState, events: list[Event]
+) -> list[str]:
     """What the run's tree shows: depth, children, tool calls, limits, all host-side."""
     problems: list[str] = []
+    most_live = _most_alive(events)
     tree = session.tree
     deepest = max((run.depth for run in tree.sessions), default=0)
     if deepest >= rules.max_depth:
@@ -192,6 +198,11 @@ def _tree_problems(rules: Rules, expect: Expectation, session: SessionState) -> 
         cap = limits.max_children
         if cap is not None and max(children, tree.children_started) > cap:
             problems.append(f"{children} child runs started, over the limit of {cap}")
+        if most_live > limits.max_live_children:
+            problems.append(
+                f"{most_live} child runs were alive at once, over the limit of "
+                f"{limits.max_live_children}"
+            )
     for name, calls in tree.tool_calls.items():
         cap = rules.tool_limits.get(name)
         if cap is not None and calls > cap:
@@ -269,7 +280,17 @@ def describe(seen: Observation) -> str:
     return " | ".join(bits)
 
 
-def describe_tree(session: SessionState) -> str:
+def _most_alive(events: list[Event]) -> int:
+    """The most child runs alive at one time, by their start and end events."""
+    live = most = 0
+    for event in events:
+        kind = event.get("event")
+        live += (kind == "child_start") - (kind == "child_end")
+        most = max(most, live)
+    return most
+
+
+def describe_tree(session: SessionState, events: list[Event]) -> str:
     """The run's tree for the report, when it is more than the root run's sub-calls."""
     tree = session.tree
     children = [run for run in tree.sessions if run.depth > 0]
@@ -278,6 +299,7 @@ def describe_tree(session: SessionState) -> str:
     deepest = max(run.depth for run in tree.sessions)
     tools = ",".join(f"{name}={n}" for name, n in sorted(tree.tool_calls.items()))
     return (
-        f" | tree: {len(children)} children (deepest run at depth {deepest}), "
+        f" | tree: {len(children)} children (deepest run at depth {deepest}, "
+        f"at most {_most_alive(events)} alive), "
         f"{tree.calls_admitted} sub-calls, tool calls {tools or 'none'}"
     )

@@ -175,3 +175,34 @@ def test_the_image_is_unchanged_and_no_container_is_left(
     image = next(r for r in run.report.results if r.payload_id == "health.image-unchanged")
     assert image.contained, image.problems
     assert run.leftover_containers == []
+
+
+def _category(run: Run, category: str, least: int) -> list[Any]:
+    results = [r for r in run.report.results if r.category == category]
+    assert len(results) >= least
+    bad = [r for r in results if not r.contained]
+    assert not bad, _describe(bad)
+    return results
+
+
+def test_recursion_stays_within_the_depth_and_children_limits(run: Run) -> None:
+    # Contained means: no run at depth 2 or deeper, at most 3 children and 2 alive at
+    # once, the limits unchanged, forged fields refused with nothing admitted.
+    results = {r.payload_id: r for r in _category(run, "recursion", 15)}
+    # The children were real runs, one level down, whose own rlm_query went no deeper.
+    for payload_id in ("rec-depth-child-goes-deeper", "rec-forge-context-claims-depth"):
+        assert "1 children (deepest run at depth 1" in results[payload_id].evidence
+    assert "3 children (deepest run at depth 1" in results["rec-depth-fork-bomb"].evidence
+
+
+def test_tool_failures_reach_model_code_as_messages_only(run: Run) -> None:
+    # Contained means: no canary, host path or traceback in what model code saw, every
+    # tool within its call limit (children included), forged names and fields refused.
+    results = {r.payload_id: r for r in _category(run, "tools", 15)}
+    assert "lookup=3" in results["tool-call-limit-across-children"].evidence
+
+
+def test_stream_abuse_is_refused_and_cancelled(run: Run) -> None:
+    # Contained means: foreign, closed and forged ids refused, at most 16 open, and
+    # nothing left running at the provider after a cell that never closed its streams.
+    _category(run, "streams", 8)
