@@ -47,3 +47,7 @@ class BridgeRefusal(RLMError):
 
 class BudgetExceeded(BridgeRefusal):
     """A session budget (sub-calls, tokens, prompt size, batch size) ran out."""
+
+
+class SnapshotError(SandboxError):
+    """A session snapshot could not be made or restored (damaged, forged, too large)."""
