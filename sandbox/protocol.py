@@ -23,7 +23,9 @@ type, id out of range).
 protocol version, then serves requests one at a time: ``load_context`` ->
 ``loaded``, ``define_tools`` -> ``loaded`` (the host tools' specs, see
 :mod:`tools`; sent after ``hello`` and before the first cell, replacing any tools
-defined before), ``execute`` -> ``result``, ``get_variable`` -> ``variable``. While a
+defined before), ``execute`` -> ``result`` (whose ``final`` is the answer the cell
+gave with ``FINAL``/``FINAL_VAR``/``answer``, see :mod:`final`, or null),
+``get_variable`` -> ``variable``. While a
 cell runs, the runner may send ``call`` requests (sub-calls from model code); the
 host answers each with ``reply`` or ``refused`` carrying the same id. ``interrupt``
 asks the runner to stop the running cell (it then answers that cell's ``result``).
@@ -53,7 +55,7 @@ FROM_HOST: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,)},
     "load_context": {"id": (int,), "context": (str, list, dict)},
     "define_tools": {"id": (int,), "tools": (list,)},
-    "execute": {"id": (int,), "code": (str,), "output_limit": (int,)},
+    "execute": {"id": (int,), "code": (str,), "output_limit": (int,), "final_limit": (int,)},
     "get_variable": {"id": (int,), "name": (str,), "max_chars": (int,)},
     "interrupt": {"id": (int,)},
     "reply": {"id": (int,), "result": _JSON},
@@ -71,6 +73,7 @@ FROM_SANDBOX: dict[str, dict[str, tuple[type, ...]]] = {
         "error": (str, _NONE),
         "truncated": (bool,),
         "interrupted": (bool,),
+        "final": (dict, _NONE),
     },
     "variable": {"id": (int,), "found": (bool,), "value": (str,), "truncated": (bool,)},
     "call": {"id": (int,), "method": (str,), "params": (dict,)},
@@ -213,4 +216,22 @@ def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) ->
     ident = message.get("id")
     if ident is not None and not 0 <= ident <= MAX_ID:
         raise ProtocolViolation(f"{kind}.id is out of range")
+    if kind == "result" and message["final"] is not None:
+        check_final(message["final"])
     return message
+
+
+#: How a final answer was given (see :mod:`final`).
+FINAL_HOWS = ("FINAL", "FINAL_VAR", "answer")
+
+
+def check_final(final: dict[str, Any]) -> None:
+    """A result's ``final``: {"value": JSON, "how": one of FINAL_HOWS, "converted"?: bool}."""
+    keys = set(final)
+    if not {"value", "how"} <= keys or not keys <= {"value", "how", "converted"}:
+        raise ProtocolViolation(f"result.final has wrong fields ({sorted(keys)[:5]})")
+    if final["how"] not in FINAL_HOWS:
+        raise ProtocolViolation("result.final.how is not FINAL, FINAL_VAR or answer")
+    converted = final.get("converted", False)
+    if not isinstance(converted, bool) or (converted and not isinstance(final["value"], str)):
+        raise ProtocolViolation("result.final.converted must be a bool, true only for a str")

@@ -37,6 +37,7 @@ from typing import Any
 
 from . import protocol
 from .api import RLMCallError, make_functions
+from .final import Finals
 
 _HERE = os.path.dirname(__file__)
 #: The part of a cell's output kept when it overflows, and what replaces the rest.
@@ -164,6 +165,8 @@ class Runner:
         self._cells = itertools.count(1)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.namespace.update(make_functions(self._transport))
+        self._finals = Finals(self.namespace, limit=0)
+        self.namespace.update(self._finals.functions())
         self._tool_names: list[str] = []
 
     # -- channel ---------------------------------------------------------------
@@ -290,6 +293,7 @@ class Runner:
             self._define_tools(message["tools"])
             self.send({"type": "loaded", "id": message["id"]})
         elif kind == "execute":
+            self._finals.begin(message["final_limit"])
             self.send(self._execute(message["id"], message["code"], message["output_limit"]))
         elif kind == "get_variable":
             self.send(self._variable(message["id"], message["name"], message["max_chars"]))
@@ -319,10 +323,14 @@ class Runner:
             compiled = _compile(code, filename)
             try:
                 self._armed = True
-                for block, display in compiled:
-                    value = eval(block, self.namespace)
-                    if display and value is not None:
-                        print(repr(value))
+                try:
+                    for block, display in compiled:
+                        value = eval(block, self.namespace)
+                        if display and value is not None:
+                            print(repr(value))
+                finally:
+                    # Armed still: str() of the answer may run model code.
+                    self._finals.check_answer()
             finally:
                 with self._cell_lock:
                     self._armed = False
@@ -341,6 +349,9 @@ class Runner:
             sys.stderr = _Stream(self._stderr, 2)
             if getattr(sys.stdin, "closed", True):  # exit() closes it
                 sys.stdin = _null_stdin()
+        final, final_error = self._finals.take()
+        if final_error is not None:
+            error = f"{error}\n{final_error}" if error else final_error
         self._drain_now()
         stdout, cut_out = self._stdout.take()
         stderr, cut_err = self._stderr.take()
@@ -352,6 +363,7 @@ class Runner:
             "error": error,
             "truncated": cut_out or cut_err,
             "interrupted": interrupted,
+            "final": final,
         }
 
     def on_sigint(self, signum: int, frame: Any) -> None:

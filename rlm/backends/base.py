@@ -17,6 +17,13 @@ class CellResult:
     ``error`` is the formatted exception (traceback for model code, or the reason the
     cell was stopped) and ``None`` when the cell ran to the end. ``state_lost`` says
     the sandbox had to be restarted: every variable except ``context`` is gone.
+
+    ``final`` is the answer the cell gave with ``FINAL(value)``, ``FINAL_VAR(name)``
+    or ``answer = {"content": ..., "ready": True}``:
+    ``{"value": <JSON>, "how": "FINAL" | "FINAL_VAR" | "answer"}``, plus
+    ``"converted": True`` when the value was not JSON and is carried as its
+    ``str()``. It is made of plain JSON types only, and its JSON text is at most
+    :attr:`Sandbox.value_limit` characters.
     """
 
     stdout: str = ""
@@ -26,6 +33,7 @@ class CellResult:
     duration_s: float = 0.0
     state_lost: bool = False
     truncated: bool = False
+    final: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +49,8 @@ class Sandbox(abc.ABC):
 
     #: Short name shown to users ("restricted", "docker:runc", ...).
     name: str = "sandbox"
+    #: Bound on a final value's compact JSON text, in characters.
+    value_limit: int = 8_000_000
 
     def __init__(self, bridge: SessionBridge, *, output_limit: int = 100_000) -> None:
         self.bridge = bridge

@@ -13,7 +13,13 @@ def frames(message: dict[str, object]) -> bytes:
 
 
 def test_small_message_round_trips_fed_one_byte_at_a_time() -> None:
-    message = {"type": "execute", "id": 7, "code": "print('é ✓ \\n')\n", "output_limit": 5}
+    message = {
+        "type": "execute",
+        "id": 7,
+        "code": "print('é ✓ \\n')\n",
+        "output_limit": 5,
+        "final_limit": 100_000,
+    }
     decoder = P.Decoder()
     out: list[bytes] = []
     for byte in frames(message):
@@ -49,7 +55,15 @@ def test_several_messages_in_one_read_all_come_out_in_order() -> None:
 def test_host_stream_never_carries_control_bytes() -> None:
     # Docker's detach keys are control characters; they must never match inside frames.
     nasty = "".join(chr(c) for c in range(32)) + "\x7f\u2028"
-    data = frames({"type": "execute", "id": 2**20, "code": nasty * 3, "output_limit": 1})
+    data = frames(
+        {
+            "type": "execute",
+            "id": 2**20,
+            "code": nasty * 3,
+            "output_limit": 1,
+            "final_limit": 100_000,
+        }
+    )
     assert min(data) >= 0x20
 
 
@@ -124,6 +138,7 @@ def test_every_schema_accepts_a_well_formed_message() -> None:
             "error": None,
             "truncated": False,
             "interrupted": False,
+            "final": {"value": {"rows": [1, "a", None]}, "how": "FINAL"},
         },
         "variable": {"id": 1, "found": True, "value": "x", "truncated": False},
         "call": {"id": 1, "method": "llm_query", "params": {"prompt": "p", "model": None}},
@@ -134,6 +149,39 @@ def test_every_schema_accepts_a_well_formed_message() -> None:
         message = {"type": kind, **fields}
         (payload,) = P.Decoder().feed(frames(message))
         assert P.parse(payload, P.FROM_SANDBOX) == message
+
+
+_RESULT = '{"type":"result","id":1,"stdout":"","stderr":"","error":null,"truncated":false,'
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        '{"value": 1}',
+        '{"how": "FINAL"}',
+        '{"value": 1, "how": "final"}',
+        '{"value": 1, "how": "FINAL", "extra": 1}',
+        '{"value": 1, "how": "FINAL", "converted": true}',
+        '{"value": "x", "how": "FINAL", "converted": 1}',
+        '"FINAL(x)"',
+        "[]",
+    ],
+)
+def test_host_rejects_a_malformed_final(final: str) -> None:
+    payload = f'{_RESULT}"interrupted":false,"final":{final}}}'.encode()
+    with pytest.raises(P.ProtocolViolation, match="final"):
+        P.parse(payload, P.FROM_SANDBOX)
+
+
+def test_host_accepts_the_final_forms() -> None:
+    for final in (
+        "null",
+        '{"value": null, "how": "answer"}',
+        '{"value": "x", "how": "FINAL_VAR", "converted": true}',
+        '{"value": [1], "how": "FINAL", "converted": false}',
+    ):
+        payload = f'{_RESULT}"interrupted":false,"final":{final}}}'.encode()
+        assert P.parse(payload, P.FROM_SANDBOX)["type"] == "result"
 
 
 def test_encoding_refuses_values_json_cannot_carry() -> None:

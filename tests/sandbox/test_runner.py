@@ -50,7 +50,15 @@ class LocalRunner:
 
     def execute(self, code: str, output_limit: int = 10_000, **answers: Any) -> dict[str, Any]:
         cell = next(self.ids)
-        self.send({"type": "execute", "id": cell, "code": code, "output_limit": output_limit})
+        self.send(
+            {
+                "type": "execute",
+                "id": cell,
+                "code": code,
+                "output_limit": output_limit,
+                "final_limit": 100_000,
+            }
+        )
         message = self.recv()
         assert message["type"] == "result", message
         assert message["id"] == cell
@@ -147,7 +155,13 @@ def test_model_code_cannot_exit_or_read_the_protocol(runner: LocalRunner) -> Non
 def test_interrupt_stops_a_cell_and_keeps_state(runner: LocalRunner) -> None:
     runner.execute("kept = 'yes'")
     runner.send(
-        {"type": "execute", "id": 50, "code": "import time\ntime.sleep(30)", "output_limit": 100}
+        {
+            "type": "execute",
+            "id": 50,
+            "code": "import time\ntime.sleep(30)",
+            "output_limit": 100,
+            "final_limit": 100_000,
+        }
     )
     time.sleep(0.3)
     runner.send({"type": "interrupt", "id": 50})
@@ -164,6 +178,7 @@ def test_interrupt_for_another_cell_is_ignored(runner: LocalRunner) -> None:
             "id": 60,
             "code": "import time\ntime.sleep(0.5)\n'done'",
             "output_limit": 100,
+            "final_limit": 100_000,
         }
     )
     runner.send({"type": "interrupt", "id": 59})
@@ -185,6 +200,7 @@ def test_sub_calls_go_out_as_call_frames(runner: LocalRunner) -> None:
                 "except RLMCallError as e:\n    print('refused:', e)\n"
             ),
             "output_limit": 1000,
+            "final_limit": 100_000,
         }
     )
     call = runner.recv()
@@ -223,7 +239,9 @@ def test_sub_calls_from_threads_are_matched_by_id(runner: LocalRunner) -> None:
         "[t.start() for t in ts]; [t.join() for t in ts]\n"
         "print(sorted(out.items()))\n"
     )
-    runner.send({"type": "execute", "id": 80, "code": code, "output_limit": 1000})
+    runner.send(
+        {"type": "execute", "id": 80, "code": code, "output_limit": 1000, "final_limit": 100_000}
+    )
     calls = [runner.recv() for _ in range(5)]
     for call in reversed(calls):  # answer out of order
         runner.send(
@@ -238,7 +256,15 @@ def test_sub_calls_from_threads_are_matched_by_id(runner: LocalRunner) -> None:
 
 
 def test_interrupt_while_waiting_for_a_sub_call(runner: LocalRunner) -> None:
-    runner.send({"type": "execute", "id": 90, "code": "r = llm_query('slow')", "output_limit": 100})
+    runner.send(
+        {
+            "type": "execute",
+            "id": 90,
+            "code": "r = llm_query('slow')",
+            "output_limit": 100,
+            "final_limit": 100_000,
+        }
+    )
     call = runner.recv()
     runner.send({"type": "interrupt", "id": 90})
     result = runner.recv()
@@ -286,7 +312,9 @@ def test_the_runner_exits_when_the_host_goes_away(runner: LocalRunner) -> None:
 def test_the_runner_exits_when_the_host_goes_away_mid_cell(runner: LocalRunner, code: str) -> None:
     # Nothing of the host is left to read the result: the whole process must end,
     # not just the reader thread.
-    runner.send({"type": "execute", "id": 1, "code": code, "output_limit": 100})
+    runner.send(
+        {"type": "execute", "id": 1, "code": code, "output_limit": 100, "final_limit": 100_000}
+    )
     if "llm_batch" in code:
         assert runner.recv()["type"] == "call"
     else:

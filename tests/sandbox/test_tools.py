@@ -193,7 +193,15 @@ class _Runner:
 
     def execute(self, code: str, answer: Any = None) -> dict[str, Any]:
         """Run a cell, answering each tool call with ``answer(params)``."""
-        self.send({"type": "execute", "id": 1, "code": code, "output_limit": 10_000})
+        self.send(
+            {
+                "type": "execute",
+                "id": 1,
+                "code": code,
+                "output_limit": 10_000,
+                "final_limit": 100_000,
+            }
+        )
         while True:
             message = self.recv()
             if message["type"] == "result":

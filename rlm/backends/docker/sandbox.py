@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from rlm_sandbox.final import json_size
 
 from rlm.backends.base import CellResult, Sandbox
 from rlm.backends.docker.channel import ContainerGone
@@ -290,6 +291,14 @@ class DockerSandbox(Sandbox):
         stdout, cut_out = _cap(message["stdout"], self.output_limit)
         stderr, cut_err = _cap(message["stderr"], self.output_limit)
         error = message["error"]
+        final = message["final"]  # its shape was checked with the frame
+        if final is not None and _final_size(final["value"]) > self.value_limit:
+            # The runner bounds it already; the host does not trust that it did.
+            final = None
+            error = (f"{error}\n" if error else "") + (
+                f"ValueError: the final answer is over the limit of {self.value_limit:,} "
+                "characters; give a shorter answer"
+            )
         if timed_out:
             error = (
                 f"TimeoutError: the cell ran over its {timeout:g} s limit and was interrupted; "
@@ -304,6 +313,7 @@ class DockerSandbox(Sandbox):
             duration_s=duration,
             truncated=message["truncated"] or cut_out or cut_err,
             state_lost=bool(notice),
+            final=final,
         )
 
     async def _run_cell(
@@ -318,7 +328,13 @@ class DockerSandbox(Sandbox):
         async with anyio.create_task_group() as calls:
             try:
                 await box.channel.send(
-                    {"type": "execute", "id": cell, "code": code, "output_limit": self.output_limit}
+                    {
+                        "type": "execute",
+                        "id": cell,
+                        "code": code,
+                        "output_limit": self.output_limit,
+                        "final_limit": self.value_limit,
+                    }
                 )
                 with anyio.move_on_after(timeout):
                     result = await self._pump(box, cell, calls, open_calls, failures)
@@ -405,6 +421,13 @@ class DockerSandbox(Sandbox):
         state = await box.inspect_state()
         tail = bytes(box.channel.stderr).decode("utf-8", "replace").strip()[-300:]
         return describe_exit(state, box.spec, detail=str(exc), stderr=tail)
+
+
+def _final_size(value: Any) -> int:
+    try:
+        return json_size(value)
+    except (RecursionError, ValueError):  # nested past what the host will walk
+        return 1 << 62
 
 
 def _cap(text: str, limit: int) -> tuple[str, bool]:

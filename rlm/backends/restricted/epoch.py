@@ -18,6 +18,8 @@ import fractions
 from collections.abc import Callable
 from typing import Any
 
+from rlm_sandbox.final import Finals
+
 from rlm.backends.restricted.builtins import make_builtins
 from rlm.backends.restricted.guards import Guards
 from rlm.backends.restricted.iteration import BigRange, safe_range
@@ -28,9 +30,12 @@ from rlm.backends.restricted.modules import ModuleView, module_attributes
 class Epoch:
     """One incarnation of the namespace, with the guards bound to it."""
 
-    def __init__(self, guards: Guards, namespace: dict[str, Any]) -> None:
+    def __init__(self, guards: Guards, namespace: dict[str, Any], value_limit: int) -> None:
         self.guards = guards
         self.namespace = namespace
+        # Run on the cell's thread: str() of a value that is not JSON is guarded.
+        self.finals = Finals(namespace, value_limit, to_text=guards.to_str, check=guards.check)
+        namespace.update(self.finals.functions())
 
 
 def new_guards(*, memory_limit: int, output_limit: int) -> Guards:

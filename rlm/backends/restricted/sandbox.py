@@ -154,7 +154,7 @@ class RestrictedSandbox(Sandbox):
         namespace.update(make_functions(self._make_transport(guards), tools))
         context = self._context
         namespace["context"] = None if context is None else plain_copy(context, CONTEXT)
-        return Epoch(guards, namespace)
+        return Epoch(guards, namespace, self.value_limit)
 
     # -- cells ------------------------------------------------------------------------------
 
@@ -182,7 +182,10 @@ class RestrictedSandbox(Sandbox):
                     f"[output truncated: the cell printed more than {self.output_limit:,} "
                     "characters; the rest was dropped]"
                 )
+            final, final_error = epoch.finals.take()
             error = run.error
+            if final_error is not None:
+                error = f"{error}\n{final_error}" if error else final_error
             if lost:
                 error = (error or "") + (
                     "\nthe cell could not be stopped; the sandbox was reset and every "
@@ -196,6 +199,7 @@ class RestrictedSandbox(Sandbox):
                 duration_s=round(time.monotonic() - started, 4),
                 state_lost=lost,
                 truncated=output.dropped > 0,
+                final=final,
             )
 
     def _run_cell(self, run: Run, source: str, filename: str) -> None:
@@ -210,12 +214,15 @@ class RestrictedSandbox(Sandbox):
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             run.error = f"SyntaxError: the cell could not be compiled: {exc}"
             return
+        finals = run.epoch.finals
+        finals.begin(self.value_limit)
         try:
             exec(code, run.epoch.namespace)
         except SandboxStop:
             raise
         except BaseException as exc:  # model code's errors are results
             run.error = format_error(exc, guards, self._sources, self.output_limit)
+        finals.check_answer()  # on this thread, in the cell's time: str() runs model code
 
     async def _run_job(
         self, run: Run, job: Callable[[], None], timeout: float, *, watch_memory: bool

@@ -1,0 +1,160 @@
+"""Final answers, bound values and snapshots on every backend (restricted, runc, runsc).
+
+``FINAL(value)``, ``FINAL_VAR(name)`` and the ``answer`` dict end a run from inside a
+cell with exactly that value (``CellResult.final``); ``Sandbox.bind`` puts a JSON
+value under a name; ``snapshot``/``restore`` carry a namespace's variables from one
+sandbox to another (of either backend) as bytes the host never parses, and a
+forged or broken blob is refused with ``SnapshotError``, leaving the target whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from rlm.backends.base import Sandbox
+from rlm.backends.restricted import RestrictedSandbox
+from rlm.bridge import SessionBridge
+from tests.support import IMAGE, make_bridge
+
+BACKENDS = [
+    "restricted",
+    pytest.param("runc", marks=pytest.mark.docker),
+    pytest.param("runsc", marks=[pytest.mark.docker, pytest.mark.runsc]),
+]
+
+
+@pytest.fixture
+async def make_box(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Started sandboxes (of the test's backend, or the one asked for), closed after."""
+    made: list[Sandbox] = []
+    callspec = getattr(request.node, "callspec", None)
+    default = callspec.params.get("backend", "runc") if callspec else "runc"
+
+    async def make(kind: str | None = None, bridge: SessionBridge | None = None) -> Sandbox:
+        kind = kind or default
+        bridge = bridge or make_bridge()
+        box: Sandbox
+        if kind == "restricted":
+            box = RestrictedSandbox(bridge, output_limit=10_000)
+        else:
+            from rlm.backends.docker import ColdStart, ContainerSpec, DockerSandbox
+
+            client = request.getfixturevalue("docker_client")
+            source = ColdStart(ContainerSpec(image=IMAGE, runtime=kind), docker_client=client)
+            box = DockerSandbox(bridge, source, output_limit=10_000)
+        made.append(box)
+        await box.start()
+        await box.load_context("ctx")
+        return box
+
+    yield make
+    for box in made:
+        await box.close()
+
+
+# -- FINAL, FINAL_VAR, answer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_final_inside_a_loop_carries_that_object(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    code = (
+        "for i in range(5):\n"
+        "    if i == 3:\n"
+        "        FINAL({'i': i, 'pair': (1, 2.5), 'none': None, 'ok': True, 's': 'é'})\n"
+        "        FINAL('a later call is ignored')\n"
+        "print('the cell ran to its end')"
+    )
+    result = await box.execute(code, 20)
+    assert result.error is None, result
+    assert result.stdout == "the cell ran to its end\n"
+    assert result.final == {
+        "value": {"i": 3, "pair": [1, 2.5], "none": None, "ok": True, "s": "é"},
+        "how": "FINAL",
+    }
+    # The next cell starts without a final.
+    assert (await box.execute("x = 1", 20)).final is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_final_var_and_its_missing_name(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    result = await box.execute("rows = [[1, 'a'], [2, 'b']]\nFINAL_VAR('rows')", 20)
+    assert result.error is None, result
+    assert result.final == {"value": [[1, "a"], [2, "b"]], "how": "FINAL_VAR"}
+    missing = await box.execute("FINAL_VAR('nope')\nprint('not reached')", 20)
+    assert missing.final is None
+    assert missing.error is not None and "NameError" in missing.error
+    assert "nope" in missing.error and "not reached" not in missing.stdout
+    wrong = await box.execute("FINAL_VAR(rows)", 20)
+    assert wrong.final is None and wrong.error is not None and "TypeError" in wrong.error
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_answer_dict(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    assert (await box.execute("answer = {'content': 'not yet', 'ready': False}", 20)).final is None
+    ready = await box.execute("answer['content'] = [1, 2]\nanswer['ready'] = True", 20)
+    assert ready.error is None, ready
+    assert ready.final == {"value": [1, 2], "how": "answer"}
+    # Still standing in the next cell: not a new final (that run is over).
+    assert (await box.execute("y = 2", 20)).final is None
+    again = await box.execute("answer = {'content': 'new', 'ready': True}", 20)
+    assert again.final == {"value": "new", "how": "answer"}
+    # FINAL in the same cell wins over the answer dict.
+    both = await box.execute("FINAL('f')\nanswer = {'content': 'a', 'ready': True}", 20)
+    assert both.final == {"value": "f", "how": "FINAL"}
+    # Only an exact dict with ready exactly True.
+    for code in (
+        "answer = {'content': 'x', 'ready': 1}",
+        "answer = [('content', 'x'), ('ready', True)]",
+        "answer = None",
+    ):
+        assert (await box.execute(code, 20)).final is None, code
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_no_final_is_none_and_an_error_keeps_the_final(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    plain = await box.execute("print(1)", 20)
+    assert plain.final is None and plain.error is None
+    failed = await box.execute("FINAL('given')\n1 / 0", 20)
+    assert failed.error is not None and "ZeroDivisionError" in failed.error
+    assert failed.final == {"value": "given", "how": "FINAL"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_value_that_is_not_json_is_carried_as_text(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    cases = {
+        "FINAL({3, 1})": "{1, 3}",
+        "FINAL({1: 'a'})": "{1: 'a'}",
+        "FINAL(float('nan'))": "nan",
+        "FINAL(b'raw')": "b'raw'",
+        "FINAL(range(3))": "range(0, 3)",
+    }
+    for code, text in cases.items():
+        result = await box.execute(code, 20)
+        assert result.error is None, (code, result)
+        assert result.final == {"value": text, "how": "FINAL", "converted": True}, code
+    cls = await box.execute("class Box:\n    pass\nFINAL(Box())\n", 20)
+    assert cls.error is None, cls
+    assert cls.final is not None and cls.final["converted"] is True
+    assert "Box object" in cls.final["value"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_final_over_the_limit_is_an_error_not_a_final(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    box.value_limit = 1000
+    big = await box.execute("FINAL('x' * 2000)\nprint('not reached')", 20)
+    assert big.final is None and big.error is not None
+    assert "over the limit of 1,000" in big.error and "not reached" not in big.stdout
+    answer = await box.execute("answer = {'content': list(range(1000)), 'ready': True}", 20)
+    assert answer.final is None and answer.error is not None
+    assert "over the limit" in answer.error
+    fits = await box.execute("FINAL('x' * 900)", 20)
+    assert fits.error is None and fits.final == {"value": "x" * 900, "how": "FINAL"}
