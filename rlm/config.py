@@ -51,6 +51,7 @@ _ENVIRONMENT: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
     "output_limit": ("RLM_OUTPUT_LIMIT", int),
     "max_depth": ("RLM_MAX_DEPTH", int),
     "child_model": ("RLM_CHILD_MODEL", str),
+    "root_context_window": ("RLM_ROOT_CONTEXT_WINDOW", int),
 }
 
 
@@ -118,6 +119,12 @@ class RLMConfig:
     #: US dollars per million tokens, per model (see :func:`parse_prices`); needed
     #: for every model a run uses when ``limits.max_cost_usd`` is set.
     prices: Mapping[str, ModelPrice] = field(default_factory=dict)
+    #: The root model's context window in tokens; None turns compaction off.
+    root_context_window: int | None = None
+    #: The share of the window at which older turns are summarized.
+    compaction_threshold: float = 0.85
+    #: Times an answer that does not match the answer schema goes back to the model.
+    max_answer_retries: int = 2
 
     @classmethod
     def from_env(cls, *, dotenv: bool = True, **overrides: Any) -> RLMConfig:
@@ -159,6 +166,12 @@ class RLMConfig:
             raise ConfigurationError("timeouts must be positive")
         if self.max_iterations < 1:
             raise ConfigurationError("max_iterations must be at least 1")
+        if self.root_context_window is not None and self.root_context_window < 256:
+            raise ConfigurationError("root_context_window must be at least 256 tokens")
+        if not 0.1 <= self.compaction_threshold <= 1.0:
+            raise ConfigurationError("compaction_threshold must be between 0.1 and 1")
+        if self.max_answer_retries < 0:
+            raise ConfigurationError("max_answer_retries must be 0 or more")
         if self.max_depth < 1:
             raise ConfigurationError("max_depth must be at least 1 (1: no child RLMs)")
         if not all(isinstance(p, ModelPrice) for p in self.prices.values()):

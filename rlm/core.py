@@ -1,6 +1,7 @@
 """The public entry point: :class:`RLM` answers a query about a context.
 
-It assembles one run: the backend (chosen once per RLM), the stack of the root run
+A single completion is a one-turn session (:mod:`rlm.sessions`), which assembles
+the run: the backend (chosen once per RLM), the stack of the root run
 (:mod:`rlm.stack`), child RLMs when ``max_depth`` allows them (:mod:`rlm.children`),
 host tools (:mod:`rlm.tools`), and the root loop (:mod:`rlm.loop`); then reports
 the whole tree's answer, usage and trajectory.
@@ -8,23 +9,18 @@ the whole tree's answer, usage and trajectory.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from rlm.children import Children
 from rlm.config import RLMConfig
-from rlm.errors import ConfigurationError
-from rlm.loop import RootLoop
-from rlm.prompts import describe_context
-from rlm.result import RLMResult, finished_status
-from rlm.stack import BackendChoice, build_session, choose_backend, model_client
+from rlm.result import RLMResult
+from rlm.sessions import RLMSession
+from rlm.stack import BackendChoice, choose_backend
 from rlm.subcalls.batcher import Batcher
 from rlm.tools import Tools, ToolSet
-from rlm.trajectory import Trajectory
 
 if TYPE_CHECKING:
     from rlm.backends.docker import ContainerPool
@@ -78,120 +74,67 @@ class RLM:
         self.tools = ToolSet.build(tools)
         self.child_tools = self.tools if child_tools is None else ToolSet.build(child_tools)
 
-    def completion(self, context: Any, query: str) -> RLMResult:
-        """Answer ``query`` about ``context`` (blocking)."""
-        return anyio.run(self.acompletion, context, query)
+    # -- what sessions share -------------------------------------------------------------
 
-    async def acompletion(self, context: Any, query: str) -> RLMResult:
-        """Answer ``query`` about ``context``."""
-        config = self.config
-        if not config.model:
-            raise ConfigurationError(
-                "no root model: set RLM_MODEL (or pass model=...), "
-                "e.g. RLM_MODEL=gpt-4.1 with OPENAI_API_KEY set"
-            )
-        _check_context(context)
-        if config.limits.max_cost_usd is not None and (unpriced := config.unpriced_models()):
-            raise ConfigurationError(
-                f"max_cost_usd needs a price for every model; add {', '.join(unpriced)} to "
-                "the price table (RLM_PRICES='{\"model\": [input, output]}', US dollars "
-                "per million tokens)"
-            )
-        started = time.monotonic()
+    async def backend(self) -> BackendChoice:
+        """The backend this RLM's runs use, chosen once (``auto`` asks the engine,
+        off the event loop)."""
         if self._backend is None:
-            # Once per RLM, off the event loop: `auto` asks the Docker engine.
-            self._backend = await choose_backend(config)
-        backend = self._backend
-        trajectory = Trajectory(self.trajectory_path, on_event=self.on_event)
-        batcher = self._batcher
-        owns_client = batcher is None
-        if batcher is None:
-            batcher = Batcher(model_client(config))
-        try:
-            children = None
-            if config.max_depth > 1:
-                children = Children(
-                    config, backend, batcher, pool=self._pool, tools=self.child_tools
-                )
-            stack = build_session(
-                config,
-                backend,
-                batcher=batcher,
-                pool=self._pool,
-                emit=trajectory.emit,
-                children=children,
-                tools=self.tools,
-            )
-            stack.owns_client = owns_client
-            owns_client = False
-        except BaseException:
-            trajectory.close()
-            if owns_client:
-                await batcher.client.aclose()
-            raise
-        session, sandbox = stack.session, stack.sandbox
-        session.event(
-            "run_start",
-            query=query,
-            context=describe_context(context),
-            model=config.model,
-            sub_model=session.sub_model,
-            backend=sandbox.name,
-            backend_reason=backend.reason,
-            max_depth=config.max_depth,
-            tools=list(self.tools.names),
-        )
-        try:
-            await stack.start(context)
-            loop = RootLoop(
-                config,
-                batcher.client,
-                sandbox,
-                session,
-                model=config.model,
-                scheduler=batcher.scheduler,
-                stream=self.stream,
-                children=children is not None and children.can_spawn(session),
-                tools=self.tools.describe(),
-            )
-            ending = await loop.run(query, context)
-            tree = session.tree
-            limits = dict(session.refusals)
-            status = finished_status(
-                forced=ending.forced,
-                missing=ending.missing,
-                limits=limits,
-                stopped=ending.stopped,
-            )
-            usage = tree.usage()
-            cost = tree.cost_usd() if config.prices else None
-            session.event(
-                "final",
-                answer=ending.answer,
-                forced=ending.forced,
-                status=status,
-                limits=limits,
-                stopped=ending.stopped,
-            )
-            session.event("usage", **usage.to_dict(), cost_usd=cost)
-            return RLMResult(
-                answer=ending.answer,
-                iterations=ending.iterations,
-                usage=usage,
-                wall_time_s=time.monotonic() - started,
-                backend=sandbox.name,
-                session_id=session.session_id,
-                forced=ending.forced,
-                trajectory=trajectory.events,
-                status=status,
-                limits=limits,
-                stopped=ending.stopped,
-                cost_usd=cost,
-                children=tree.children_started,
-            )
-        finally:
-            await stack.aclose()
-            trajectory.close()
+            self._backend = await choose_backend(self.config)
+        return self._backend
+
+    @property
+    def backend_reason(self) -> str:
+        return self._backend.reason if self._backend is not None else ""
+
+    @property
+    def shared_batcher(self) -> Batcher | None:
+        """The batcher given to this RLM (None: each session makes its own)."""
+        return self._batcher
+
+    @property
+    def pool(self) -> ContainerPool | None:
+        return self._pool
+
+    # -- one question ------------------------------------------------------------------
+
+    def completion(self, context: Any, query: str, *, answer_schema: Any = None) -> RLMResult:
+        """Answer ``query`` about ``context`` (blocking)."""
+
+        async def run() -> RLMResult:
+            return await self.acompletion(context, query, answer_schema=answer_schema)
+
+        return anyio.run(run)
+
+    async def acompletion(
+        self, context: Any, query: str, *, answer_schema: Any = None
+    ) -> RLMResult:
+        """Answer ``query`` about ``context``.
+
+        With ``answer_schema`` (a JSON Schema dict, or a Pydantic model class) the
+        answer is validated and returned as ``result.value``; an answer that does
+        not match goes back to the root model with what is wrong, up to
+        ``config.max_answer_retries`` times.
+        """
+        _check_context(context)
+        async with self.session(idle_timeout=None) as session:
+            return await session.acompletion(context, query, answer_schema=answer_schema)
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def session(self, *, idle_timeout: float | None = 600.0) -> RLMSession:
+        """A session that keeps one sandbox across questions: ``async with`` it (or
+        ``with`` it for the blocking API). See :class:`~rlm.sessions.RLMSession`."""
+        return RLMSession(self, idle_timeout=idle_timeout)
+
+    async def arestore(self, blob: bytes, *, idle_timeout: float | None = 600.0) -> RLMSession:
+        """A started session whose sandbox holds the variables of ``blob`` (from
+        :meth:`RLMSession.asnapshot`); close it with ``aclose()``."""
+        return await RLMSession(self, idle_timeout=idle_timeout, _restore=blob).start()
+
+    def restore(self, blob: bytes, *, idle_timeout: float | None = 600.0) -> RLMSession:
+        """:meth:`arestore` for the blocking API: use the result in a ``with`` block."""
+        return RLMSession(self, idle_timeout=idle_timeout, _restore=blob)
 
 
 def _check_context(context: Any) -> None:

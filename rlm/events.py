@@ -12,7 +12,7 @@ child's events follow its parent's ``child_start``. Fields beyond these, per eve
 =====================  =====================================================================
 ``run_start``          ``query``, ``context`` (its kind and size, never its text), ``model``,
                        ``sub_model``, ``backend``, ``backend_reason``, ``max_depth``,
-                       ``tools`` (their names)
+                       ``tools`` (their names), ``turn`` (of its session; 1 alone)
 ``sandbox_started``    ``backend``, ``container`` (Docker: a new container for the session)
 ``root_call``          ``iteration``, ``model``, ``text`` (the root model's reply),
                        ``prompt_tokens``, ``completion_tokens``, ``seconds``
@@ -45,10 +45,14 @@ child's events follow its parent's ``child_start``. Fields beyond these, per eve
 ``concurrency_cut``    ``model``, ``concurrency``: a 429 made the global limit smaller
 ``cache_error``        ``error``: the response cache failed; the call went to the provider
 ``missing_variable``   ``name``: ``FINAL_VAR`` named a variable the sandbox does not have
+``invalid_answer``     ``iteration``, ``problem``: the answer did not match the answer schema
+``compaction``         ``iteration``, ``tokens_before``, ``tokens_after``, ``messages`` (in the
+                       transcript): older turns were summarized by the root model
 ``no_action``          ``iteration``: the reply had neither code nor a final answer
 ``final``              ``answer``, ``forced`` (the iteration bound made the model answer),
                        ``status`` (:data:`rlm.result.RunStatus`), ``limits`` (refusals by
                        :data:`rlm.session.LimitKind`), ``stopped`` (the limit that ended it)
+``session_closed``     ``reason`` (``idle_close``), ``turns``: a session ended without a call
 ``usage``              the tree's usage (:meth:`rlm.usage.Usage.to_dict`, with ``by_depth``)
                        and ``cost_usd`` (None without a price table)
 =====================  =====================================================================
@@ -81,8 +85,11 @@ EventName = Literal[
     "concurrency_cut",
     "cache_error",
     "missing_variable",
+    "invalid_answer",
+    "compaction",
     "no_action",
     "final",
+    "session_closed",
     "usage",
 ]
 

@@ -11,12 +11,15 @@ what it has.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, NamedTuple
 
 import anyio
 
+from rlm.answers import AnswerSchema
 from rlm.backends import CellResult, Sandbox
+from rlm.compaction import Compaction, Messages
 from rlm.config import RLMConfig
 from rlm.errors import VariableNotFound
 from rlm.parsing import parse_reply
@@ -25,6 +28,7 @@ from rlm.prompts import (
     NO_ACTION,
     describe_context,
     first_message,
+    invalid_answer,
     limit_reached,
     missing_variable,
     system_prompt,
@@ -39,8 +43,6 @@ from rlm.tree import SPENDING_STOPS, StopReason
 #: stuck root call stalls the whole run, so it should fail and say so sooner.
 ROOT_RETRY = RetryPolicy(max_tries=4)
 
-Messages = list[dict[str, str]]
-
 
 class Ending(NamedTuple):
     """How a root loop ended."""
@@ -53,6 +55,11 @@ class Ending(NamedTuple):
     missing: bool = False
     #: The limit that ended the run, if one did.
     stopped: StopReason | None = None
+    #: The final value as given (``FINAL(obj)``) or validated against the answer
+    #: schema; None when there is none.
+    value: Any = None
+    #: Why the answer did not match the answer schema, after every retry.
+    invalid: str | None = None
 
 
 class _TimeUp(Exception):
@@ -74,6 +81,7 @@ class RootLoop:
         stream: bool = False,
         children: bool = False,
         tools: str = "",
+        schema: AnswerSchema | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -84,60 +92,105 @@ class RootLoop:
         self.stream = stream
         self.children = children
         self.tools = tools
+        self.schema = schema
+        self.invalid_answers = 0
+        self.compaction = Compaction(config)
+        #: Every message of the conversation, kept whole when it is compacted.
+        self.transcript: Messages = []
         self.errors_in_a_row = 0
         #: A limit of this run's own (consecutive errors), beside the tree's.
         self.own_stop: StopReason | None = None
 
-    async def run(self, query: str, context: Any) -> Ending:
+    async def run(self, query: str, context: Any, *, note: str = "") -> Ending:
+        """Answer ``query``; ``note`` is added to the first message (a session's turn)."""
         system = system_prompt(
             describe_context(context),
             max_prompt_chars=self.config.limits.max_prompt_chars,
             output_limit=self.config.output_limit,
             children=self.children,
             tools=self.tools,
+            schema=self.schema.describe() if self.schema else "",
         )
+        first = first_message(query, context) + (f"\n\n{note}" if note else "")
         messages: Messages = [
             {"role": "system", "content": system},
-            {"role": "user", "content": first_message(query, context)},
+            {"role": "user", "content": first},
         ]
+        self.transcript = list(messages)
         for iteration in range(1, self.config.max_iterations + 1):
             stop = self._stop()
             if stop is not None:
                 return await self._end_at_limit(messages, stop, iteration)
             try:
+                await self.compaction.maybe_compact(self, messages, iteration)
                 text = await self.root_call(messages, iteration)
             except _TimeUp:
                 return await self._end_at_limit(messages, "max_wall_time_s", iteration)
-            messages.append({"role": "assistant", "content": text})
+            self._say(messages, "assistant", text)
             reply = parse_reply(text)
             feedback = []
             failed = 0
+            final: dict[str, Any] | None = None
             for code in reply.cells:
                 result = await self.run_cell(code, iteration)
                 failed += bool(result.error or result.timed_out)
                 feedback.append(
                     format_output(result, self.config.output_limit, self.config.cell_timeout)
                 )
+                final = result.final
+                if final is not None:
+                    # FINAL() in a cell ends the run after that cell: the rest wait.
+                    break
             self._count_errors(len(reply.cells), failed)
-            if reply.final is not None:
+            ending: Ending | str | None = None
+            if final is not None:
+                ending = self._finish(final["value"], iteration, how=final.get("how", "FINAL"))
+            elif reply.final is not None:
                 if reply.final.variable is None:
-                    return Ending(reply.final.answer or "", iteration)
-                try:
-                    value = await self.sandbox.get_variable(reply.final.variable)
-                    return Ending(value, iteration)
-                except VariableNotFound:
-                    feedback.append(missing_variable(reply.final.variable))
-                    self.session.event("missing_variable", name=reply.final.variable)
+                    ending = self._finish(reply.final.answer or "", iteration)
+                else:
+                    try:
+                        value = await self.sandbox.get_variable(reply.final.variable)
+                        ending = self._finish(value, iteration, how="FINAL_VAR")
+                    except VariableNotFound:
+                        ending = missing_variable(reply.final.variable)
+                        self.session.event("missing_variable", name=reply.final.variable)
+            if isinstance(ending, Ending):
+                return ending
+            if ending is not None:
+                feedback.append(ending)
             if reply.problem:
                 feedback.append(f"Note: {reply.problem}; that block was not run.")
             if not feedback:
                 feedback.append(NO_ACTION)
                 self.session.event("no_action", iteration=iteration)
-            messages.append({"role": "user", "content": "\n\n".join(feedback)})
+            self._say(messages, "user", "\n\n".join(feedback))
         stop = self._stop()
         if stop is not None:
             return await self._end_at_limit(messages, stop, self.config.max_iterations + 1)
         return await self._forced_final(messages, FORCE_FINAL, self.config.max_iterations + 1)
+
+    def _say(self, messages: Messages, role: str, content: str) -> None:
+        message = {"role": role, "content": content}
+        messages.append(message)
+        self.transcript.append(message)
+
+    def _finish(self, value: Any, iteration: int, *, how: str = "FINAL") -> Ending | str:
+        """The run's ending with ``value``, or, when it does not match the answer
+        schema and retries are left, what to tell the model instead."""
+        schema = self.schema
+        if schema is None:
+            return Ending(_as_text(value), iteration, value=value)
+        verdict = schema.check(value)
+        if verdict.ok:
+            return Ending(_as_text(value), iteration, value=verdict.value)
+        self.invalid_answers += 1
+        self.session.event("invalid_answer", iteration=iteration, problem=verdict.problem, how=how)
+        if self.invalid_answers > self.config.max_answer_retries:
+            return Ending(
+                _as_text(value), iteration, invalid=verdict.problem or "invalid", value=None
+            )
+        return invalid_answer(verdict.problem or "it does not match")
 
     # -- limits --------------------------------------------------------------------------
 
@@ -172,7 +225,7 @@ class RootLoop:
     async def _forced_final(
         self, messages: Messages, prompt: str, iteration: int, *, grace: bool = False
     ) -> Ending:
-        messages.append({"role": "user", "content": prompt})
+        self._say(messages, "user", prompt)
         try:
             text = await self.root_call(messages, iteration, grace=grace)
         except _TimeUp:
@@ -183,11 +236,12 @@ class RootLoop:
                 missing=True,
                 stopped="max_wall_time_s",
             )
+        self.transcript.append({"role": "assistant", "content": text})
         final = parse_reply(text).final
         if final is not None and final.variable is not None:
             try:
                 answer = await self.sandbox.get_variable(final.variable)
-                return Ending(answer, iteration, forced=True)
+                return self._forced(answer, iteration)
             except VariableNotFound:
                 self.session.event("missing_variable", name=final.variable)
                 return Ending(
@@ -197,8 +251,18 @@ class RootLoop:
                     missing=True,
                 )
         if final is not None:
-            return Ending(final.answer or "", iteration, forced=True)
-        return Ending(text.strip(), iteration, forced=True)
+            return self._forced(final.answer or "", iteration)
+        return self._forced(text.strip(), iteration)
+
+    def _forced(self, value: Any, iteration: int) -> Ending:
+        """The forced answer: checked against the schema once, with no retry left."""
+        if self.schema is None:
+            return Ending(_as_text(value), iteration, forced=True, value=value)
+        verdict = self.schema.check(value)
+        if verdict.ok:
+            return Ending(_as_text(value), iteration, forced=True, value=verdict.value)
+        self.session.event("invalid_answer", iteration=iteration, problem=verdict.problem)
+        return Ending(_as_text(value), iteration, forced=True, invalid=verdict.problem)
 
     # -- the root model ------------------------------------------------------------------
 
@@ -242,6 +306,7 @@ class RootLoop:
         usage.prompt_tokens += answer.prompt_tokens
         usage.completion_tokens += answer.completion_tokens
         usage.seconds += seconds
+        self.compaction.heard(messages, answer.prompt_tokens, answer.completion_tokens)
         self.session.event(
             "root_call",
             iteration=iteration,
@@ -317,3 +382,13 @@ def format_output(result: CellResult, limit: int, timeout: float) -> str:
             "print less, or slice what you print]"
         )
     return text or "[no output]"
+
+
+def _as_text(value: Any) -> str:
+    """A final value as the answer's text: a str as it is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)

@@ -34,8 +34,9 @@ Work step by step: look at the data, split it, ask sub-models about the parts, \
 combine their answers.
 
 When you know the answer, reply with FINAL(your answer) on a line of its own, or \
-FINAL_VAR(name) to answer with the value of a REPL variable. Do not answer before \
-you have checked the context.\
+FINAL_VAR(name) to answer with the value of a REPL variable. In a ```repl cell, \
+`FINAL(value)` and `FINAL_VAR("name")` are functions too: the run ends after that \
+cell with exactly that value. Do not answer before you have checked the context.\
 """
 
 
@@ -55,6 +56,16 @@ TOOLS = """\
 """
 
 
+SCHEMA = """
+
+Your final answer must be a JSON value that matches this JSON Schema:
+{schema}
+Build it in a ```repl cell and end with FINAL(value) there (a dict or list is fine), \
+or reply FINAL(<the JSON text>). An answer that does not match comes back to you \
+with what is wrong.\
+"""
+
+
 def system_prompt(
     context_kind: str,
     *,
@@ -62,15 +73,18 @@ def system_prompt(
     output_limit: int,
     children: bool = False,
     tools: str = "",
+    schema: str = "",
 ) -> str:
-    """The root model's system prompt; ``tools`` is the tools' listing (or empty)."""
-    return SYSTEM_PROMPT.format(
+    """The root model's system prompt; ``tools`` is the tools' listing and ``schema``
+    the answer schema's text (each empty when there is none)."""
+    text = SYSTEM_PROMPT.format(
         context_kind=context_kind,
         max_prompt_chars=max_prompt_chars,
         output_limit=output_limit,
         children=CHILDREN if children else "",
         tools=TOOLS.format(listing=tools.rstrip("\n")) if tools else "",
     )
+    return text + SCHEMA.format(schema=schema) if schema else text
 
 
 def describe_context(context: Any) -> str:
@@ -108,6 +122,28 @@ def limit_reached(what: str) -> str:
         f"The run has reached a limit: {what}. Reply now with your best answer as "
         "FINAL(answer), or FINAL_VAR(variable_name) for a variable you already have. "
         "Do not write code."
+    )
+
+
+def invalid_answer(problem: str) -> str:
+    return (
+        f"Your answer does not match the answer schema: {problem}. Fix it and answer "
+        "again with FINAL(value) in a ```repl cell, or FINAL(<JSON text>)."
+    )
+
+
+COMPACT = (
+    "The conversation is getting long. Summarize your work so far for yourself: what "
+    "you found, which variables in the REPL hold what, and what is left to do. Reply "
+    "with the summary only; do not write code and do not answer yet."
+)
+
+
+def compacted(summary: str) -> str:
+    return (
+        "Your conversation so far was summarized to save space; the full transcript is "
+        "in the REPL variable `transcript` (a list of messages). Your summary:\n\n"
+        f"{summary}\n\nGo on from here."
     )
 
 

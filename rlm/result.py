@@ -14,6 +14,7 @@ RunStatus = Literal[
     "answered",  # the model answered with FINAL / FINAL_VAR within the iteration bound
     "forced",  # the iteration bound ran out and the model was made to answer
     "no_answer",  # made to answer, it named a variable that does not exist
+    "invalid_answer",  # the answer did not match the answer schema, after every retry
     "limit",  # a run limit stopped the run, or refused work; the answer may lack it
     # The run did not finish (only `rlm run --json` reports these; the library raises).
     "config_error",  # bad flags, no model or key, an unreadable context (ConfigurationError)
@@ -30,6 +31,7 @@ EXIT_CODES: Final[dict[RunStatus, int]] = {
     "answered": 0,
     "forced": 3,
     "no_answer": 3,
+    "invalid_answer": 3,
     "limit": 4,
     "config_error": 2,
     "provider_error": 5,
@@ -44,11 +46,14 @@ def finished_status(
     missing: bool,
     limits: dict[LimitKind, int],
     stopped: StopReason | None = None,
+    invalid: bool = False,
 ) -> RunStatus:
     """How a finished run ended; a limit outranks a forced or missing answer, because
     the model may have been made to answer *because* its work was refused."""
     if limits or stopped is not None:
         return "limit"
+    if invalid:
+        return "invalid_answer"
     if missing:
         return "no_answer"
     return "forced" if forced else "answered"
@@ -89,6 +94,15 @@ class RLMResult:
     stopped: StopReason | None = None
     cost_usd: float | None = None
     children: int = 0
+    #: The final value: what ``FINAL(obj)`` gave, or the answer validated against
+    #: the answer schema (a Pydantic object for a Pydantic model); None without one.
+    value: Any = None
+    #: Which turn of its session this run was (1 for a single completion).
+    turn: int = 1
+    #: The sandbox had to be restarted during the run: variables were lost.
+    state_lost: bool = False
+    #: Why the answer did not match the answer schema (status ``invalid_answer``).
+    invalid_answer: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -106,8 +120,18 @@ class RLMResult:
             "stopped": self.stopped,
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
             "children": self.children,
+            "value": _plain(self.value),
+            "turn": self.turn,
+            "state_lost": self.state_lost,
+            "invalid_answer": self.invalid_answer,
             "backend": self.backend,
             "session_id": self.session_id,
             "wall_time_s": round(self.wall_time_s, 4),
             "usage": self.usage.to_dict(),
         }
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can carry it (a Pydantic object as its dict)."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value

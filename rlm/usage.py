@@ -44,6 +44,16 @@ class Usage:
     sub_calls: int = 0
     by_depth: dict[int, dict[str, ModelUsage]] = field(default_factory=dict)
 
+    def add(self, other: Usage) -> None:
+        """Add ``other`` (a run's or a tree's usage) into this one, depths included."""
+        self.sub_calls += other.sub_calls
+        for name, used in other.by_model.items():
+            self.model(name).add(used)
+        for depth, models in other.by_depth.items():
+            level = self.by_depth.setdefault(depth, {})
+            for name, used in models.items():
+                level.setdefault(name, ModelUsage()).add(used)
+
     @classmethod
     def combine(cls, parts: Iterable[tuple[int, Usage]]) -> Usage:
         """The sum of runs' usages, each given with its depth."""
