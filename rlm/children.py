@@ -181,7 +181,7 @@ class Children:
                 children=self.can_spawn(session),
                 tools=self.tools.describe() if self.tools else "",
             )
-            ending = await loop.run(prompt, context)
+            ending = await loop.run(prompt, describe_context(context))
         except ModelCallFailure as exc:
             return (
                 SubResult(error=f"the child's root model failed: {exc}", kind="child"),

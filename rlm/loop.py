@@ -26,7 +26,6 @@ from rlm.parsing import parse_reply
 from rlm.prompts import (
     FORCE_FINAL,
     NO_ACTION,
-    describe_context,
     first_message,
     invalid_answer,
     limit_reached,
@@ -101,17 +100,18 @@ class RootLoop:
         #: A limit of this run's own (consecutive errors), beside the tree's.
         self.own_stop: StopReason | None = None
 
-    async def run(self, query: str, context: Any, *, note: str = "") -> Ending:
-        """Answer ``query``; ``note`` is added to the first message (a session's turn)."""
+    async def run(self, query: str, context_kind: str, *, note: str = "") -> Ending:
+        """Answer ``query`` over a context :func:`~rlm.prompts.describe_context` called
+        ``context_kind``; ``note`` is added to the first message (a session's turn)."""
         system = system_prompt(
-            describe_context(context),
+            context_kind,
             max_prompt_chars=self.config.limits.max_prompt_chars,
             output_limit=self.config.output_limit,
             children=self.children,
             tools=self.tools,
             schema=self.schema.describe() if self.schema else "",
         )
-        first = first_message(query, context) + (f"\n\n{note}" if note else "")
+        first = first_message(query, context_kind) + (f"\n\n{note}" if note else "")
         messages: Messages = [
             {"role": "system", "content": system},
             {"role": "user", "content": first},

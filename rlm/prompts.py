@@ -95,13 +95,22 @@ def describe_context(context: Any) -> str:
         return f"a list of {len(context):,} items"
     if isinstance(context, dict):
         return f"a dict with {len(context):,} keys"
+    if context is None:
+        return NO_CONTEXT
     return f"a {type(context).__name__}"
 
 
-def first_message(query: str, context: Any) -> str:
+#: What :func:`describe_context` says of a run (a session's turn) with no data.
+NO_CONTEXT = "none"
+
+
+def first_message(query: str, context_kind: str) -> str:
+    """The first user message; ``context_kind`` is :func:`describe_context`'s text."""
+    if context_kind == NO_CONTEXT:
+        return f"Query: {query}\n\nThere is no context: `context` is None."
     return (
         f"Query: {query}\n\n"
-        f"The context is {describe_context(context)}. It is in the REPL as `context`; "
+        f"The context is {context_kind}. It is in the REPL as `context`; "
         "it is not shown here. Start by inspecting it."
     )
 

@@ -32,7 +32,7 @@ from rlm.answers import answer_schema as check_schema
 from rlm.children import Children
 from rlm.errors import ConfigurationError, RLMError, SandboxError, SnapshotError
 from rlm.loop import RootLoop
-from rlm.prompts import describe_context
+from rlm.prompts import NO_CONTEXT, describe_context
 from rlm.result import RLMResult, finished_status
 from rlm.stack import SessionStack, build_session, model_client
 from rlm.subcalls.batcher import Batcher
@@ -95,7 +95,8 @@ class RLMSession:
         self._children: Children | None = None
         self._trajectory: Trajectory | None = None
         self._contexts: list[str] = []
-        self._latest: Any = None
+        #: What the latest context is (:func:`~rlm.prompts.describe_context`).
+        self._latest = NO_CONTEXT
         self._lost_since_last_turn = False
         self._closed = False
         self._lock = anyio.Lock()
@@ -220,7 +221,7 @@ class RLMSession:
         state.event(
             "run_start",
             query=query,
-            context=describe_context(context if context is not None else self._latest),
+            context=describe_context(context) if context is not None else self._latest,
             model=config.model,
             sub_model=state.sub_model,
             backend=sandbox.name,
@@ -303,8 +304,8 @@ class RLMSession:
         result = await sandbox.execute(f"{name} = context", 30.0)
         if result.error:
             raise SandboxError(f"could not bind {name} in the sandbox: {result.error[-300:]}")
-        self._contexts.append(describe_context(context))
-        self._latest = context
+        self._latest = describe_context(context)
+        self._contexts.append(self._latest)
 
     def _note(self, turn: int) -> str:
         """What the root model is told about the session, past the first turn."""
@@ -390,6 +391,8 @@ class RLMSession:
         ):
             raise SnapshotError("the snapshot's header is damaged; it cannot be restored")
         self.turns, self.history, self._contexts = turns, history, contexts
+        if contexts:
+            self._latest = contexts[-1]
 
     # -- the sync API --------------------------------------------------------------------
 
