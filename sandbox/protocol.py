@@ -25,7 +25,8 @@ protocol version, then serves requests one at a time: ``load_context`` ->
 :mod:`tools`; sent after ``hello`` and before the first cell, replacing any tools
 defined before), ``execute`` -> ``result`` (whose ``final`` is the answer the cell
 gave with ``FINAL``/``FINAL_VAR``/``answer``, see :mod:`final`, or null),
-``get_variable`` -> ``variable``. While a
+``get_variable`` -> ``variable``, ``bind`` -> ``loaded`` (a JSON value under a
+name, checked by the host against :mod:`names`). While a
 cell runs, the runner may send ``call`` requests (sub-calls from model code); the
 host answers each with ``reply`` or ``refused`` carrying the same id. ``interrupt``
 asks the runner to stop the running cell (it then answers that cell's ``result``).
@@ -55,6 +56,7 @@ FROM_HOST: dict[str, dict[str, tuple[type, ...]]] = {
     "hello": {"protocol": (int,)},
     "load_context": {"id": (int,), "context": (str, list, dict)},
     "define_tools": {"id": (int,), "tools": (list,)},
+    "bind": {"id": (int,), "name": (str,), "value": _JSON},
     "execute": {"id": (int,), "code": (str,), "output_limit": (int,), "final_limit": (int,)},
     "get_variable": {"id": (int,), "name": (str,), "max_chars": (int,)},
     "interrupt": {"id": (int,)},

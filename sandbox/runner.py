@@ -38,6 +38,7 @@ from typing import Any
 from . import protocol
 from .api import RLMCallError, make_functions
 from .final import Finals
+from .names import name_problem
 
 _HERE = os.path.dirname(__file__)
 #: The part of a cell's output kept when it overflows, and what replaces the rest.
@@ -288,6 +289,14 @@ class Runner:
         elif kind == "load_context":
             self.namespace["context"] = message["context"]
             del message["context"]  # keep a single reference to a large context
+            self.send({"type": "loaded", "id": message["id"]})
+        elif kind == "bind":
+            problem = name_problem(message["name"], self._tool_names)
+            if problem is not None:  # the host checks names first: this is a broken host
+                self.send({"type": "fatal", "message": f"cannot bind {problem}"[:2000]})
+                os._exit(3)
+            self.namespace[message["name"]] = message["value"]
+            del message["value"]
             self.send({"type": "loaded", "id": message["id"]})
         elif kind == "define_tools":
             self._define_tools(message["tools"])

@@ -8,6 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from rlm.bridge import SessionBridge
+from rlm.errors import SandboxError
 
 
 @dataclass
@@ -63,6 +64,17 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def load_context(self, context: Any) -> None:
         """Bind ``context`` in the namespace (str, list or JSON-able dict)."""
+
+    async def bind(self, name: str, value: Any) -> None:
+        """Bind a JSON value under ``name`` (a copy; see :mod:`rlm.backends.values`).
+
+        ``name`` is an identifier that does not start with ``_`` and is not
+        ``context`` (see :meth:`load_context`), a function the sandbox gives model
+        code (``llm_query``, ``FINAL``, a tool...) or a Python builtin: ValueError.
+        A value that is not plain JSON (str keys, finite floats, 100 levels at
+        most): TypeError. A restarted sandbox (``state_lost``) has lost it.
+        """
+        raise SandboxError(f"the {self.name} backend cannot bind values")
 
     @abc.abstractmethod
     async def execute(self, code: str, timeout: float) -> CellResult:

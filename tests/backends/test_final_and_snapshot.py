@@ -158,3 +158,55 @@ async def test_a_final_over_the_limit_is_an_error_not_a_final(backend: str, make
     assert "over the limit" in answer.error
     fits = await box.execute("FINAL('x' * 900)", 20)
     assert fits.error is None and fits.final == {"value": "x" * 900, "how": "FINAL"}
+
+
+# -- bind ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_bind_puts_a_json_copy_under_a_name(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    history = [{"q": "first?", "a": "yes", "n": (1, 2.5)}]
+    await box.bind("history", history)
+    await box.bind("context_0", "the first context")
+    await box.bind("count", 3)
+    await box.bind("nothing", None)
+    result = await box.execute(
+        "history[0]['a'] = 'changed'\nprint(history, context_0, count, nothing, context)",
+        20,
+    )
+    assert result.error is None, result
+    assert result.stdout == (
+        "[{'q': 'first?', 'a': 'changed', 'n': [1, 2.5]}] the first context 3 None ctx\n"
+    )
+    assert history[0]["a"] == "yes"  # the caller's object is not the sandbox's
+    await box.bind("count", 4)  # binding again replaces
+    assert (await box.execute("print(count)", 20)).stdout == "4\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_bind_refuses_bad_names_and_values(backend: str, make_box: Any) -> None:
+    box = await make_box()
+    for name in (
+        "llm_query",
+        "FINAL",
+        "FINAL_VAR",
+        "print",
+        "__x__",
+        "_x",
+        "1a",
+        "a-b",
+        "class",
+        "context",
+        "",
+    ):
+        with pytest.raises(ValueError):
+            await box.bind(name, 1)
+    deep: list[Any] = []
+    for _ in range(200):
+        deep = [deep]
+    for value in ({1, 2}, {1: "a"}, float("nan"), b"x", object(), deep):
+        with pytest.raises(TypeError):
+            await box.bind("v", value)
+    ok = await box.execute("try:\n    v\nexcept NameError:\n    print(llm_query('no v'))", 20)
+    assert ok.error is None and ok.stdout == "echo:no v\n", ok

@@ -20,6 +20,7 @@ from rlm.backends.base import CellResult, Sandbox
 from rlm.backends.docker.channel import ContainerGone
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer, describe_exit
 from rlm.backends.docker.source import ColdStart, ContainerSource
+from rlm.backends.values import check_bind
 from rlm.errors import BridgeRefusal, ProtocolError, SandboxError, VariableNotFound
 
 if TYPE_CHECKING:
@@ -150,6 +151,15 @@ class DockerSandbox(Sandbox):
             await self._ready_box()  # loads it
         else:
             await self._send_context()
+
+    async def bind(self, name: str, value: Any) -> None:
+        self._check_usable()
+        tools = [str(spec["name"]) for spec in self.bridge.tool_specs or []]
+        plain = check_bind(name, value, tools)
+        await self._ready_box()
+        await self._send_loading(
+            {"type": "bind", "name": name, "value": plain}, f"binding {name!r}"
+        )
 
     async def _send_context(self) -> None:
         await self._send_loading(

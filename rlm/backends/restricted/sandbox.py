@@ -60,6 +60,7 @@ from rlm.backends.restricted.plain import CONTEXT, SUB_CALL, plain_copy
 from rlm.backends.restricted.policy import CellRejected, compile_cell
 from rlm.backends.restricted.stops import CellTimeout, SandboxStop
 from rlm.backends.restricted.tracebacks import describe_rejection, format_error
+from rlm.backends.values import check_bind
 from rlm.bridge import SessionBridge
 from rlm.errors import BridgeRefusal, SandboxError, VariableNotFound
 
@@ -124,6 +125,15 @@ class RestrictedSandbox(Sandbox):
         self._context = context
         assert self._epoch is not None
         self._epoch.namespace["context"] = plain
+
+    async def bind(self, name: str, value: Any) -> None:
+        self._started()
+        assert self._lock is not None
+        tools = [str(spec["name"]) for spec in self.bridge.tool_specs or []]
+        plain = check_bind(name, value, tools)  # a copy: model code never holds the caller's
+        async with self._lock:  # between cells, never under a running one
+            assert self._epoch is not None
+            self._epoch.namespace[name] = plain
 
     async def close(self) -> None:
         if self._closed:
