@@ -155,7 +155,9 @@ async def test_a_closed_attach_socket_ends_the_container(
     box = await launch(docker_client, ContainerSpec(image=IMAGE, runtime=runtime))
     try:
         sleep = "import time\ntime.sleep(3600)"
-        await box.channel.send({"type": "execute", "id": 1, "code": sleep, "output_limit": 10})
+        await box.channel.send(
+            {"type": "execute", "id": 1, "code": sleep, "output_limit": 10, "final_limit": 10}
+        )
         await anyio.sleep(0.3)
         box.channel.close()
         took = await anyio.to_thread.run_sync(_seconds_until_gone, docker_client, box.id)
@@ -205,7 +207,9 @@ async def test_an_out_of_memory_kill_is_known_after_the_container_removed_itself
     box = await launch(docker_client, spec)
     try:
         hog = "hog = bytearray(300 * 1024 * 1024)"
-        await box.channel.send({"type": "execute", "id": 1, "code": hog, "output_limit": 10})
+        await box.channel.send(
+            {"type": "execute", "id": 1, "code": hog, "output_limit": 10, "final_limit": 10}
+        )
         await anyio.to_thread.run_sync(_seconds_until_gone, docker_client, box.id)
         state = await box.inspect_state()
         assert state.get("OOMKilled") is True, state
