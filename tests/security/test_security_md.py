@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECURITY_MD = ROOT / "SECURITY.md"
 
 _REF = re.compile(r"(tests/[\w/]+\.py)?(?:::(test_\w+))?")
-_PAYLOAD = re.compile(r"`((?:esc|sec|res|br|net|host)-[a-z0-9.-]+)(\*)?`")
+_PAYLOAD = re.compile(r"`((?:esc|sec|res|br|net|host|rec|st|tool)-[a-z0-9.-]+)(\*)?`")
 
 
 def _tests_in(path: Path) -> set[str]:
