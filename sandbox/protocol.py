@@ -26,7 +26,9 @@ protocol version, then serves requests one at a time: ``load_context`` ->
 defined before), ``execute`` -> ``result`` (whose ``final`` is the answer the cell
 gave with ``FINAL``/``FINAL_VAR``/``answer``, see :mod:`final`, or null),
 ``get_variable`` -> ``variable``, ``bind`` -> ``loaded`` (a JSON value under a
-name, checked by the host against :mod:`names`). While a
+name, checked by the host against :mod:`names`), ``snapshot`` -> ``snapshot`` (the
+variables as :mod:`snapshot` text, which the host carries and never parses) and
+``restore`` -> ``restored`` (the names restored, or why nothing was). While a
 cell runs, the runner may send ``call`` requests (sub-calls from model code); the
 host answers each with ``reply`` or ``refused`` carrying the same id. ``interrupt``
 asks the runner to stop the running cell (it then answers that cell's ``result``).
@@ -57,6 +59,8 @@ FROM_HOST: dict[str, dict[str, tuple[type, ...]]] = {
     "load_context": {"id": (int,), "context": (str, list, dict)},
     "define_tools": {"id": (int,), "tools": (list,)},
     "bind": {"id": (int,), "name": (str,), "value": _JSON},
+    "snapshot": {"id": (int,), "max_bytes": (int,)},
+    "restore": {"id": (int,), "blob": (str,)},
     "execute": {"id": (int,), "code": (str,), "output_limit": (int,), "final_limit": (int,)},
     "get_variable": {"id": (int,), "name": (str,), "max_chars": (int,)},
     "interrupt": {"id": (int,)},
@@ -78,6 +82,8 @@ FROM_SANDBOX: dict[str, dict[str, tuple[type, ...]]] = {
         "final": (dict, _NONE),
     },
     "variable": {"id": (int,), "found": (bool,), "value": (str,), "truncated": (bool,)},
+    "snapshot": {"id": (int,), "blob": (str,), "names": (list,), "skipped": (dict,)},
+    "restored": {"id": (int,), "names": (list,), "error": (str, _NONE)},
     "call": {"id": (int,), "method": (str,), "params": (dict,)},
     "fatal": {"message": (str,)},
 }
@@ -220,6 +226,10 @@ def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) ->
         raise ProtocolViolation(f"{kind}.id is out of range")
     if kind == "result" and message["final"] is not None:
         check_final(message["final"])
+    if "names" in fields and not all(isinstance(n, str) for n in message["names"]):
+        raise ProtocolViolation(f"{kind}.names must be a list of str")
+    if "skipped" in fields and not all(isinstance(w, str) for w in message["skipped"].values()):
+        raise ProtocolViolation(f"{kind}.skipped must map names to str")
     return message
 
 

@@ -35,7 +35,7 @@ import traceback
 from codecs import getincrementaldecoder
 from typing import Any
 
-from . import protocol
+from . import protocol, snapshot
 from .api import RLMCallError, make_functions
 from .final import Finals
 from .names import name_problem
@@ -298,6 +298,10 @@ class Runner:
             self.namespace[message["name"]] = message["value"]
             del message["value"]
             self.send({"type": "loaded", "id": message["id"]})
+        elif kind == "snapshot":
+            self.send(self._snapshot(message["id"], message["max_bytes"]))
+        elif kind == "restore":
+            self.send(self._restore(message["id"], message.pop("blob")))
         elif kind == "define_tools":
             self._define_tools(message["tools"])
             self.send({"type": "loaded", "id": message["id"]})
@@ -306,6 +310,26 @@ class Runner:
             self.send(self._execute(message["id"], message["code"], message["output_limit"]))
         elif kind == "get_variable":
             self.send(self._variable(message["id"], message["name"], message["max_chars"]))
+
+    def _snapshot(self, req_id: int, max_bytes: int) -> dict[str, Any]:
+        try:
+            blob, names, skipped = snapshot.encode(self.namespace, max_bytes, self._tool_names)
+        except Exception as exc:  # never the runner's end: the host hears why
+            blob, names, _ = snapshot.encode({}, max_bytes)
+            skipped = {"...": f"the snapshot failed ({type(exc).__name__}: {exc})"[:500]}
+        return {"type": "snapshot", "id": req_id, "blob": blob, "names": names, "skipped": skipped}
+
+    def _restore(self, req_id: int, blob: str) -> dict[str, Any]:
+        reply: dict[str, Any] = {"type": "restored", "id": req_id, "names": [], "error": None}
+        try:
+            values = snapshot.decode(blob, len(blob), self._tool_names)
+        except snapshot.SnapshotInvalid as exc:
+            return {**reply, "error": str(exc)[:2000]}
+        except Exception as exc:  # all or nothing: the namespace is untouched
+            return {**reply, "error": f"the snapshot could not be read ({type(exc).__name__})"}
+        del blob
+        self.namespace.update(values)
+        return {**reply, "names": list(values)}
 
     def _define_tools(self, specs: list[dict[str, Any]]) -> None:
         try:

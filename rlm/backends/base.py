@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +40,22 @@ class CellResult:
         return asdict(self)
 
 
+@dataclass
+class Snapshot:
+    """A sandbox's variables, as made by :meth:`Sandbox.snapshot`.
+
+    ``blob`` is opaque to the host: it was written inside the source sandbox and
+    is read only inside a target sandbox (:meth:`Sandbox.restore`), never here.
+    ``names`` are the variables it carries; ``skipped`` the ones it could not,
+    each with why ("a function", "a module", "an object of class Foo", "over the
+    size limit"...).
+    """
+
+    blob: bytes
+    names: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
 class Sandbox(abc.ABC):
     """One session's isolated interpreter with a persistent namespace.
 
@@ -52,6 +68,8 @@ class Sandbox(abc.ABC):
     name: str = "sandbox"
     #: Bound on a final value's compact JSON text, in characters.
     value_limit: int = 8_000_000
+    #: The largest snapshot :meth:`restore` accepts, in bytes.
+    snapshot_limit: int = 1 << 30
 
     def __init__(self, bridge: SessionBridge, *, output_limit: int = 100_000) -> None:
         self.bridge = bridge
@@ -75,6 +93,28 @@ class Sandbox(abc.ABC):
         most): TypeError. A restarted sandbox (``state_lost``) has lost it.
         """
         raise SandboxError(f"the {self.name} backend cannot bind values")
+
+    async def snapshot(self, max_bytes: int) -> Snapshot:
+        """The namespace's variables (``context`` too), at most ``max_bytes`` bytes.
+
+        Only exact built-in values are carried (str, bytes, int, float, bool, None,
+        and lists, tuples, dicts, sets and frozensets of them, shared references and
+        cycles kept); the names the sandbox injects (``llm_query``, ``FINAL``, the
+        tools...) are left out, and every other variable it cannot carry (or that
+        would take it over ``max_bytes``) is listed in ``skipped`` with why.
+        """
+        raise SandboxError(f"the {self.name} backend cannot take snapshots")
+
+    async def restore(self, blob: bytes) -> list[str]:
+        """Bind the variables of a snapshot (of either backend); returns their names.
+
+        All or nothing: a blob that is damaged, forged, of another version, over
+        :attr:`snapshot_limit`, or that names a variable which would hide a sandbox
+        function or a builtin raises SnapshotError and changes nothing. Variables
+        not in the snapshot stay. A restored ``context`` lasts until the sandbox
+        restarts, which reloads the one given to :meth:`load_context`.
+        """
+        raise SandboxError(f"the {self.name} backend cannot restore snapshots")
 
     @abc.abstractmethod
     async def execute(self, code: str, timeout: float) -> CellResult:

@@ -9,6 +9,8 @@ forged or broken blob is refused with ``SnapshotError``, leaving the target whol
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from rlm.backends.base import Sandbox
 from rlm.backends.restricted import RestrictedSandbox
 from rlm.bridge import SessionBridge
+from rlm.errors import ProtocolError, SnapshotError
 from tests.support import IMAGE, make_bridge
 
 BACKENDS = [
@@ -210,3 +213,183 @@ async def test_bind_refuses_bad_names_and_values(backend: str, make_box: Any) ->
             await box.bind("v", value)
     ok = await box.execute("try:\n    v\nexcept NameError:\n    print(llm_query('no v'))", 20)
     assert ok.error is None and ok.stdout == "echo:no v\n", ok
+
+
+# -- snapshots ----------------------------------------------------------------------------------
+
+STATE = (
+    "shared = [1, 'two', None]\n"
+    "cyc = [shared]\n"
+    "cyc.append(cyc)\n"
+    "data = {'rows': shared, 'pair': (1.5, -0.0), 'keys': {1: 'a', (2, 3): b'raw'},\n"
+    "        'tags': {'x', 'y'}, 'frozen': frozenset([4]), 'nan': float('nan'),\n"
+    "        'big': 7 ** 6000}\n"
+    "def helper():\n    return 1\n"
+    "class Thing:\n    pass\n"
+    "thing = Thing()\n"
+    "answer = {'content': 'old', 'ready': True}\n"
+)
+CHECK = (
+    "assert data['rows'] is shared and cyc[0] is shared and cyc[1] is cyc\n"
+    "assert data['pair'] == (1.5, -0.0) and str(data['pair'][1]) == '-0.0'\n"
+    "assert data['keys'] == {1: 'a', (2, 3): b'raw'}\n"
+    "assert data['tags'] == {'x', 'y'} and data['frozen'] == frozenset([4])\n"
+    "assert data['nan'] != data['nan'] and data['big'] == 7 ** 6000\n"
+    "print(context, shared, sorted(data))\n"
+)
+CROSS = [
+    pytest.param("restricted", "restricted", id="restricted-restricted"),
+    pytest.param("runc", "runc", marks=pytest.mark.docker, id="runc-runc"),
+    pytest.param("runsc", "runsc", marks=[pytest.mark.docker, pytest.mark.runsc], id="runsc-runsc"),
+    pytest.param("restricted", "runc", marks=pytest.mark.docker, id="restricted-runc"),
+    pytest.param("runc", "restricted", marks=pytest.mark.docker, id="runc-restricted"),
+]
+
+
+@pytest.mark.parametrize(("source", "target"), CROSS)
+async def test_a_snapshot_carries_the_variables_to_another_sandbox(
+    source: str, target: str, make_box: Any
+) -> None:
+    src = await make_box(source)
+    await src.load_context({"doc": "the context"})
+    made = await src.execute(STATE, 20)
+    assert made.error is None, made
+    snap = await src.snapshot(10_000_000)
+    assert isinstance(snap.blob, bytes)
+    assert sorted(snap.names) == ["answer", "context", "cyc", "data", "shared"]
+    assert snap.skipped == {
+        "helper": "a function",
+        "Thing": "a class",
+        "thing": "an object of class Thing",
+    }
+    dst = await make_box(target)
+    await dst.bind("kept", 1)
+    restored = await dst.restore(snap.blob)
+    assert sorted(restored) == sorted(snap.names)
+    result = await dst.execute(CHECK + "print(kept)", 20)
+    assert result.error is None, result
+    assert (
+        result.stdout == "{'doc': 'the context'} [1, 'two', None] "
+        "['big', 'frozen', 'keys', 'nan', 'pair', 'rows', 'tags']\n1\n"
+    )
+    # A restored answer that was already ready is not a new final.
+    assert (await dst.execute("x = 1", 20)).final is None
+    # The source is untouched and still works.
+    assert (await src.execute("print(len(cyc))", 20)).stdout == "2\n"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_snapshot_over_its_size_skips_what_does_not_fit(
+    backend: str, make_box: Any
+) -> None:
+    box = await make_box()
+    await box.execute("small = 'x' * 100\nlarge = 'y' * 200_000", 20)
+    snap = await box.snapshot(50_000)
+    assert sorted(snap.names) == ["context", "small"]
+    assert snap.skipped == {"large": "over the size limit"}
+    assert len(snap.blob) <= 50_000
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_50_mb_variable_snapshots_and_restores(backend: str, make_box: Any) -> None:
+    src = await make_box()
+    made = await src.execute("big = '0123456789abcdef' * 3_125_000\nprint(len(big))", 60)
+    assert made.error is None and made.stdout == "50000000\n", made
+    started = time.monotonic()
+    snap = await src.snapshot(60_000_000)
+    taken = time.monotonic() - started
+    assert snap.names == ["context", "big"] or sorted(snap.names) == ["big", "context"]
+    assert 50_000_000 < len(snap.blob) < 50_100_000
+    dst = await make_box()
+    started = time.monotonic()
+    assert "big" in await dst.restore(snap.blob)
+    put = time.monotonic() - started
+    check = await dst.execute("print(len(big), big[:20], big[-3:])", 60)
+    assert check.error is None and check.stdout == "50000000 0123456789abcdef0123 def\n", check
+    print(f"\n50 MB on {backend}: snapshot {taken:.2f} s, restore {put:.2f} s")
+    assert taken < 60 and put < 60
+
+
+BAD_BLOBS = [
+    b"",
+    b"not a snapshot",
+    b"\xff\xfe\x00garbage",
+    b"RLMSNAP/9\n{}",
+    b'RLMSNAP/1\n{"vars": [["x", 1]], "objects": [',
+    b'RLMSNAP/1\n{"vars": [["llm_query", 1]], "objects": []}',
+    b'RLMSNAP/1\n{"vars": [["__builtins__", {}]], "objects": []}',
+    b'RLMSNAP/1\n{"vars": [["x", ["r", 0]]], "objects": [["t", [["r", 0]]]]}',
+    b"RLMSNAP/1\n" + b"[" * 100_000,
+]
+
+
+def _tuple_bomb(depth: int) -> bytes:
+    objects = [["t", [["r", i + 1]]] for i in range(depth)] + [["t", []]]
+    return b"RLMSNAP/1\n" + json.dumps({"vars": [["x", ["r", 0]]], "objects": objects}).encode()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_malicious_blobs_are_refused_and_the_target_still_works(
+    backend: str, make_box: Any
+) -> None:
+    box = await make_box()
+    await box.execute("mine = [1, 2]", 20)
+    for blob in [*BAD_BLOBS, _tuple_bomb(300_000)]:
+        with pytest.raises(SnapshotError):
+            await box.restore(blob)
+    box.snapshot_limit = 1000
+    with pytest.raises(SnapshotError, match="limit"):
+        await box.restore(b"RLMSNAP/1\n" + b" " * 2000)
+    # All or nothing: the good variable before the bad name is not bound either.
+    with pytest.raises(SnapshotError):
+        await box.restore(b'RLMSNAP/1\n{"vars": [["a", 1], ["print", 2]], "objects": []}')
+    result = await box.execute(
+        "print(mine, llm_query('still'))\ntry:\n    a\nexcept NameError:\n    print('no a')", 20
+    )
+    assert result.error is None, result
+    assert result.stdout == "[1, 2] echo:still\nno a\n"
+
+
+FIND_RUNNER = (
+    "def find_runner():\n"
+    "    for cell in getattr(llm_query, '__clo' + 'sure__'):\n"
+    "        fn = getattr(cell, 'cell_' + 'contents')\n"
+    "        owner = getattr(fn, '__se' + 'lf__', None)\n"
+    "        if owner is not None and hasattr(owner, 'send'):\n"
+    "            return owner\n"
+    "runner = find_runner()\n"
+)
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("target", ["restricted", "runc"])
+async def test_a_blob_forged_by_model_code_can_only_be_refused(target: str, make_box: Any) -> None:
+    src = await make_box("runc")
+    dst = await make_box(target)
+    await dst.execute("mine = 'intact'", 20)
+    forged = [blob.decode("latin-1") for blob in BAD_BLOBS[3:]] + [
+        _tuple_bomb(300_000).decode(),
+        'RLMSNAP/1\n{"vars": [["x", ["r", 0]]], "objects": [["s", [["r", 1]]], ["l", []]]}',
+        'RLMSNAP/1\n{"vars": [["FINAL", 1], ["ok", 2]], "objects": []}',
+    ]
+    for text in forged:
+        code = FIND_RUNNER + (
+            f"runner._snapshot = lambda req, max_bytes: {{'type': 'snapshot', 'id': req, "
+            f"'blob': {text!r}, 'names': ['ok'], 'skipped': {{}}}}\n"
+        )
+        patched = await src.execute(code, 20)
+        assert patched.error is None, patched
+        snap = await src.snapshot(10_000_000)  # the host carries it, unread
+        with pytest.raises(SnapshotError):
+            await dst.restore(snap.blob)
+    # A reply that breaks the protocol ends the source's session, never the host.
+    broken = await src.execute(
+        FIND_RUNNER + "runner._snapshot = lambda req, max_bytes: {'type': 'snapshot', "
+        "'id': req, 'blob': 'x', 'names': [1], 'skipped': {}}\n",
+        20,
+    )
+    assert broken.error is None
+    with pytest.raises(ProtocolError):
+        await src.snapshot(1000)
+    result = await dst.execute("print(mine)", 20)
+    assert result.error is None and result.stdout == "intact\n"

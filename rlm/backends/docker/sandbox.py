@@ -14,14 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+from rlm_sandbox import protocol
 from rlm_sandbox.final import json_size
 
-from rlm.backends.base import CellResult, Sandbox
+from rlm.backends.base import CellResult, Sandbox, Snapshot
 from rlm.backends.docker.channel import ContainerGone
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer, describe_exit
 from rlm.backends.docker.source import ColdStart, ContainerSource
 from rlm.backends.values import check_bind
-from rlm.errors import BridgeRefusal, ProtocolError, SandboxError, VariableNotFound
+from rlm.errors import (
+    BridgeRefusal,
+    ProtocolError,
+    SandboxError,
+    SnapshotError,
+    VariableNotFound,
+)
 
 if TYPE_CHECKING:
     from rlm.bridge import SessionBridge
@@ -31,6 +38,9 @@ log = logging.getLogger(__name__)
 _VARIABLE_TIMEOUT = 30.0
 _MAX_OPEN_CALLS = 256
 _MAX_VARIABLE_CHARS = 8_000_000
+_SNAPSHOT_TIMEOUT = 300.0
+#: Room in a snapshot reply for what is not the blob (names, skipped, framing).
+_MESSAGE_MARGIN = 16 << 20
 
 
 class DockerSandbox(Sandbox):
@@ -219,6 +229,66 @@ class DockerSandbox(Sandbox):
         if reply["truncated"]:
             value += f"\n... [value truncated at {_MAX_VARIABLE_CHARS:,} characters]"
         return value
+
+    # -- snapshots -------------------------------------------------------------
+
+    async def snapshot(self, max_bytes: int) -> Snapshot:
+        # The blob travels as a JSON string, where each '"' and '\\' doubles: the
+        # reply must fit the host's message cap, or the session would end on it.
+        cap = getattr(self.source, "max_message", protocol.DEFAULT_MAX_MESSAGE)
+        max_bytes = max(0, min(max_bytes, (cap - _MESSAGE_MARGIN) // 2))
+        reply = await self._snapshot_request({"type": "snapshot", "max_bytes": max_bytes})
+        try:
+            # Bytes as the source wrote them; nothing here reads them.
+            blob = reply["blob"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise SnapshotError("the sandbox's snapshot is not valid text") from None
+        if len(blob) > max_bytes:
+            raise SnapshotError(
+                f"the sandbox's snapshot is {len(blob):,} bytes, over the {max_bytes:,} asked for"
+            )
+        return Snapshot(blob=blob, names=list(reply["names"]), skipped=dict(reply["skipped"]))
+
+    async def restore(self, blob: bytes) -> list[str]:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
+        if len(blob) > self.snapshot_limit:
+            raise SnapshotError(
+                f"the snapshot is {len(blob):,} bytes, over this sandbox's "
+                f"{self.snapshot_limit:,}-byte limit"
+            )
+        try:
+            text = bytes(blob).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SnapshotError("this is not an rlm sandbox snapshot (not UTF-8 text)") from None
+        reply = await self._snapshot_request({"type": "restore", "blob": text})
+        if reply["error"] is not None:
+            raise SnapshotError(f"the snapshot cannot be restored: {reply['error'][:1000]}")
+        return list(reply["names"])
+
+    async def _snapshot_request(self, message: dict[str, Any]) -> dict[str, Any]:
+        box, _fresh = await self._ready_box()
+        req = next(self._ids)
+        kind = "snapshot" if message["type"] == "snapshot" else "restored"
+        doing = "taking a snapshot" if kind == "snapshot" else "restoring a snapshot"
+        try:
+            await box.channel.send({**message, "id": req})
+            return await self._await_reply(box, req, kind, timeout=_SNAPSHOT_TIMEOUT)
+        except ProtocolError as exc:
+            raise await self._fail(exc) from None
+        except ContainerGone as exc:
+            cause = await self._death_cause(box, exc)
+            await self._discard()
+            raise SnapshotError(f"the sandbox died while {doing}: {cause}") from None
+        except TimeoutError:
+            await self._discard()
+            raise SnapshotError(
+                f"the sandbox took over {_SNAPSHOT_TIMEOUT:g} s {doing} and was restarted: "
+                "every variable except `context` is lost"
+            ) from None
+        except BaseException:
+            await self._discard()
+            raise
 
     async def _await_reply(
         self, box: SandboxContainer, req: int, kind: str, timeout: float | None

@@ -49,9 +49,10 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.lowlevel
+from rlm_sandbox import snapshot
 from rlm_sandbox.api import RLMCallError, make_functions
 
-from rlm.backends.base import CellResult, Sandbox
+from rlm.backends.base import CellResult, Sandbox, Snapshot
 from rlm.backends.restricted.epoch import Epoch, new_guards
 from rlm.backends.restricted.guards import Guards
 from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, Run, reap, stop_message
@@ -62,7 +63,7 @@ from rlm.backends.restricted.stops import CellTimeout, SandboxStop
 from rlm.backends.restricted.tracebacks import describe_rejection, format_error
 from rlm.backends.values import check_bind
 from rlm.bridge import SessionBridge
-from rlm.errors import BridgeRefusal, SandboxError, VariableNotFound
+from rlm.errors import BridgeRefusal, SandboxError, SnapshotError, VariableNotFound
 
 __all__ = ["RestrictedSandbox"]
 
@@ -129,11 +130,58 @@ class RestrictedSandbox(Sandbox):
     async def bind(self, name: str, value: Any) -> None:
         self._started()
         assert self._lock is not None
-        tools = [str(spec["name"]) for spec in self.bridge.tool_specs or []]
-        plain = check_bind(name, value, tools)  # a copy: model code never holds the caller's
+        plain = check_bind(
+            name, value, self._tool_names()
+        )  # a copy: model code never holds the caller's
         async with self._lock:  # between cells, never under a running one
             assert self._epoch is not None
             self._epoch.namespace[name] = plain
+
+    async def snapshot(self, max_bytes: int) -> Snapshot:
+        self._started()
+        assert self._lock is not None
+        tools = self._tool_names()
+        async with self._lock:  # between cells: nothing changes the namespace meanwhile
+            assert self._epoch is not None
+            namespace = self._epoch.namespace
+            # Only exact built-in types are read (by type, through C iteration):
+            # no method of a class model code defined runs here.
+            text, names, skipped = await anyio.to_thread.run_sync(
+                snapshot.encode, namespace, max_bytes, tools
+            )
+        return Snapshot(blob=text.encode("utf-8"), names=names, skipped=skipped)
+
+    async def restore(self, blob: bytes) -> list[str]:
+        self._started()
+        assert self._lock is not None
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
+        if len(blob) > self.snapshot_limit:
+            raise SnapshotError(
+                f"the snapshot is {len(blob):,} bytes, over this sandbox's "
+                f"{self.snapshot_limit:,}-byte limit"
+            )
+        try:
+            text = bytes(blob).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SnapshotError("this is not an rlm sandbox snapshot (not UTF-8 text)") from None
+        # This process is the sandbox here: the reader builds exact built-in types
+        # only, and refuses everything else before anything is bound.
+        try:
+            values = await anyio.to_thread.run_sync(
+                snapshot.decode, text, self.snapshot_limit, self._tool_names()
+            )
+        except snapshot.SnapshotInvalid as exc:
+            raise SnapshotError(f"the snapshot cannot be restored: {exc}") from None
+        except (MemoryError, RecursionError) as exc:
+            raise SnapshotError(f"the snapshot cannot be restored ({type(exc).__name__})") from None
+        async with self._lock:
+            assert self._epoch is not None
+            self._epoch.namespace.update(values)
+        return list(values)
+
+    def _tool_names(self) -> list[str]:
+        return [str(spec["name"]) for spec in self.bridge.tool_specs or []]
 
     async def close(self) -> None:
         if self._closed:
