@@ -3,48 +3,47 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rlm.config import BACKENDS, RLMConfig
-from rlm.context_input import (
-    DEFAULT_MAX_BYTES,
-    ContextOptions,
-    parse_size,
-    read_context,
-    read_context_json,
+from rlm.cli_common import (
+    SWEEP_WAIT,
+    config_from_args,
+    failure,
+    read_answer_schema,
+    read_context_arg,
+    signal_name,
+    start_sweep,
+    status_note,
+    stderr,
+    stdout,
+    with_limit_flags,
 )
-from rlm.errors import BridgeRefusal, ConfigurationError, ModelCallError, RLMError, SandboxError
+from rlm.config import BACKENDS, RLMConfig
+from rlm.context_input import DEFAULT_MAX_BYTES, parse_size
+from rlm.errors import BridgeRefusal
 from rlm.image import DEFAULT_IMAGE
 from rlm.interrupts import interruptible, stop_signals_raise
-from rlm.result import EXIT_CODES, RunStatus
 
 if TYPE_CHECKING:
     from rlm.session import SessionState
     from rlm.subcalls.batcher import SubResult
-
-# soft_wrap: an error stays one line however narrow the terminal.
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, soft_wrap=True)
 
 EXIT_CODES_HELP = """\
 exit codes of `rlm run` (with --json, also its "status" and "exit_code" fields):
   0             answered        the model answered
   3             forced          made to answer at the iteration bound (--max-iterations)
   3             no_answer       made to answer, it named a missing variable (FINAL_VAR)
+  3             invalid_answer  the answer did not match --answer-schema, after retries
   4             limit           a session budget (--max-sub-calls, --max-tokens, batch
                                 or prompt size) refused work: the answer may lack it
   2             config_error    bad flags, no model or key, an unreadable context
@@ -54,7 +53,8 @@ exit codes of `rlm run` (with --json, also its "status" and "exit_code" fields):
                                 the protocol
   130/143/129   interrupted     SIGINT/SIGTERM/SIGHUP: the run is cancelled and its
                                 sandbox removed before rlm exits
-when several apply: interrupted > an error > limit > forced, no_answer > answered"""
+when several apply: interrupted > an error > limit > invalid_answer, no_answer, forced
+  > answered"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,53 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.handler(args))
         except BaseException as exc:
-            failure = _failure(exc)
-            if failure is None:
+            ending = failure(exc)
+            if ending is None:
                 raise
-            status, code, message = failure
+            status, code, message = ending
             color = "yellow" if status == "interrupted" else "red"
             stderr.print(f"[{color}]rlm: {escape(message)}[/]")
             if getattr(args, "json", False) and getattr(args, "json_status", False):
                 report: dict[str, Any] = {"status": status, "exit_code": code, "error": message}
                 if isinstance(exc, KeyboardInterrupt):
-                    report["signal"] = _signal_name(exc)
+                    report["signal"] = signal_name(exc)
                 stdout.print_json(data=report)
             return code
-
-
-def _failure(exc: BaseException) -> tuple[RunStatus, int, str] | None:
-    """How ``exc`` ends the command: its status, exit code and one line; None for a bug."""
-    status: RunStatus
-    if isinstance(exc, KeyboardInterrupt):
-        name = _signal_name(exc)
-        signum = getattr(exc, "signum", signal.SIGINT)
-        what = f"interrupted by {name}"
-        if getattr(exc, "during_run", False):
-            what += ": the run was cancelled and its sandbox closed"
-        return "interrupted", 128 + int(signum), what
-    if isinstance(exc, ModelCallError):
-        status = "provider_error"
-    elif _from_docker(exc):
-        return "sandbox_error", EXIT_CODES["sandbox_error"], f"error: Docker: {exc}"
-    elif isinstance(exc, SandboxError):
-        status = "sandbox_error"
-    elif isinstance(exc, (RLMError, OSError, ValueError, TypeError)):
-        # ConfigurationError, and what a bad flag or path raises before anything runs.
-        status = "config_error"
-    else:
-        return None
-    return status, EXIT_CODES[status], f"error: {exc}"
-
-
-def _from_docker(exc: BaseException) -> bool:
-    # The engine's client (and the HTTP library under it) can raise its own errors.
-    return any(
-        c.__module__.split(".")[0] in ("docker", "requests", "urllib3") for c in type(exc).__mro__
-    )
-
-
-def _signal_name(exc: BaseException) -> str:
-    return signal.Signals(getattr(exc, "signum", signal.SIGINT)).name
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,68 +106,88 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--context",
-        metavar="FILE|DIR|-",
-        help="a text file (a .json file is read as JSON); a folder, read as a dict of "
-        "relative path -> text with binary files skipped; or - for stdin",
-    )
-    source.add_argument(
-        "--context-json", metavar="FILE|-", help="a JSON list, object or string, or - for stdin"
-    )
-    run.add_argument(
-        "--context-encoding", metavar="ENC", help="the context's text encoding (default utf-8)"
-    )
-    run.add_argument(
-        "--context-max-bytes",
-        type=parse_size,
-        default=DEFAULT_MAX_BYTES,
-        metavar="SIZE",
-        help="refuse a context larger than this (e.g. 512M, 4G; default 1G)",
-    )
+
+    def context_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+        source = p.add_mutually_exclusive_group(required=required)
+        source.add_argument(
+            "--context",
+            metavar="FILE|DIR|-",
+            help="a text file (a .json file is read as JSON); a folder, read as a dict of "
+            "relative path -> text with binary files skipped; or - for stdin",
+        )
+        source.add_argument(
+            "--context-json",
+            metavar="FILE|-",
+            help="a JSON list, object or string, or - for stdin",
+        )
+        p.add_argument(
+            "--context-encoding", metavar="ENC", help="the context's text encoding (default utf-8)"
+        )
+        p.add_argument(
+            "--context-max-bytes",
+            type=parse_size,
+            default=DEFAULT_MAX_BYTES,
+            metavar="SIZE",
+            help="refuse a context larger than this (e.g. 512M, 4G; default 1G)",
+        )
+
+    def run_flags(p: argparse.ArgumentParser, run: str = "this run") -> None:
+        backend_flags(p)
+        model_flags(p)
+        p.add_argument(
+            "--max-iterations",
+            type=int,
+            metavar="N",
+            help="root turns before a forced answer (RLM_MAX_ITERATIONS)",
+        )
+        p.add_argument(
+            "--max-sub-calls",
+            type=int,
+            metavar="N",
+            help=f"{run}'s sub-call budget (default 10000)",
+        )
+        p.add_argument(
+            "--max-tokens", type=int, metavar="N", help=f"{run}'s token budget (default unbounded)"
+        )
+        p.add_argument(
+            "--max-depth",
+            type=int,
+            metavar="D",
+            help="levels of runs (RLM_MAX_DEPTH; default 1: rlm_query is a plain sub-call, "
+            "2: child RLMs without grandchildren)",
+        )
+        p.add_argument("--child-model", help="child RLMs' root model (RLM_CHILD_MODEL)")
+        p.add_argument(
+            "--max-cost-usd",
+            type=float,
+            metavar="USD",
+            help=f"{run}'s cost budget, priced with RLM_PRICES",
+        )
+        p.add_argument(
+            "--max-wall-time", type=float, metavar="S", help=f"seconds {run} may take in all"
+        )
+        p.add_argument(
+            "--max-children",
+            type=int,
+            metavar="N",
+            help=f"child RLMs {run} may start (default 100)",
+        )
+        p.add_argument(
+            "--max-consecutive-errors",
+            type=int,
+            metavar="N",
+            help=f"stop {run} when its cells fail N times in a row",
+        )
+        p.add_argument("--trajectory", help="append the events as JSON lines here")
+
+    context_flags(run, required=True)
     run.add_argument("--query", required=True)
-    backend_flags(run)
-    model_flags(run)
+    run_flags(run)
     run.add_argument(
-        "--max-iterations",
-        type=int,
-        metavar="N",
-        help="root turns before a forced answer (RLM_MAX_ITERATIONS)",
+        "--answer-schema",
+        metavar="FILE",
+        help='a JSON Schema file the answer must match; --json then gives it as "value"',
     )
-    run.add_argument(
-        "--max-sub-calls", type=int, metavar="N", help="this run's sub-call budget (default 10000)"
-    )
-    run.add_argument(
-        "--max-tokens", type=int, metavar="N", help="this run's token budget (default unbounded)"
-    )
-    run.add_argument(
-        "--max-depth",
-        type=int,
-        metavar="D",
-        help="levels of runs (RLM_MAX_DEPTH; default 1: rlm_query is a plain sub-call, "
-        "2: child RLMs without grandchildren)",
-    )
-    run.add_argument("--child-model", help="child RLMs' root model (RLM_CHILD_MODEL)")
-    run.add_argument(
-        "--max-cost-usd",
-        type=float,
-        metavar="USD",
-        help="this run's cost budget, priced with RLM_PRICES",
-    )
-    run.add_argument(
-        "--max-wall-time", type=float, metavar="S", help="seconds this run may take in all"
-    )
-    run.add_argument(
-        "--max-children", type=int, metavar="N", help="child RLMs this run may start (default 100)"
-    )
-    run.add_argument(
-        "--max-consecutive-errors",
-        type=int,
-        metavar="N",
-        help="stop a run whose cells fail N times in a row",
-    )
-    run.add_argument("--trajectory", help="append the run's events as JSON lines here")
     run.add_argument("--stream", action="store_true", help="show the root model's tokens")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=cmd_run, json_status=True)
@@ -260,103 +245,22 @@ def _parser() -> argparse.ArgumentParser:
 # -- run / demo ---------------------------------------------------------------------------
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> RLMConfig:
-    settings: dict[str, Any] = {
-        "backend": getattr(args, "backend", None),
-        "docker_runtime": getattr(args, "runtime", None),
-        "model": getattr(args, "model", None),
-        "sub_model": getattr(args, "sub_model", None),
-    }
-    settings.update({k: v for k, v in extra.items() if v is not None})
-    return RLMConfig.from_env(**settings)
-
-
-def _read_context(args: argparse.Namespace) -> Any:
-    options = ContextOptions(encoding=args.context_encoding, max_bytes=args.context_max_bytes)
-
-    def warn(line: str) -> None:
-        stderr.print(f"[yellow]rlm: {escape(line)}[/]")
-
-    if args.context_json is not None:
-        return read_context_json(args.context_json, options, stdin=sys.stdin.buffer)
-    return read_context(args.context, options, stdin=sys.stdin.buffer, warn=warn)
-
-
-#: Limit flag → SessionLimits field.
-_LIMIT_FLAGS = {
-    "max_sub_calls": "max_sub_calls",
-    "max_tokens": "max_tokens",
-    "max_cost_usd": "max_cost_usd",
-    "max_wall_time": "max_wall_time_s",
-    "max_children": "max_children",
-    "max_consecutive_errors": "max_consecutive_errors",
-}
-
-
-def _with_limits(config: RLMConfig, args: argparse.Namespace) -> RLMConfig:
-    limits = config.limits
-    for flag, name in _LIMIT_FLAGS.items():
-        value = getattr(args, flag)
-        if value is None:
-            continue
-        if value < 0:
-            raise ConfigurationError(f"--{flag.replace('_', '-')} must be 0 or more")
-        limits = dataclasses.replace(limits, **{name: value})
-    return config if limits is config.limits else config.with_(limits=limits)
-
-
-#: Seconds a run waits for the leftover sweep before it starts anyway (the sweep goes
-#: on beside it; it never touches a live process's containers).
-_SWEEP_WAIT = 3.0
-
-
-def _start_sweep(config: RLMConfig) -> threading.Thread | None:
-    """Remove the sandbox containers of rlm processes that are gone, in a thread."""
-    if config.backend == "restricted":
-        return None
-    thread = threading.Thread(
-        target=_sweep, args=(config.backend == "docker",), name="rlm-sweep", daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def _sweep(asked_for_docker: bool) -> None:
-    # With `auto` and no engine the run goes to the restricted backend: nothing to say.
-    def say(problem: BaseException) -> None:
-        if asked_for_docker:
-            first = (str(problem).strip().splitlines() or [type(problem).__name__])[0]
-            stderr.print(
-                "[yellow]rlm: could not sweep leftover sandbox containers "
-                f"({escape(first[:160])}); going on[/]"
-            )
-
-    try:
-        import docker
-
-        from rlm.backends.docker import sweep_orphans
-
-        client = docker.from_env(timeout=10)
-    except Exception as exc:
-        say(exc)
-        return
-    try:
-        removed = sweep_orphans(client)
-    except Exception as exc:
-        say(exc)
-        return
-    finally:
-        client.close()
-    if removed:
-        stderr.print(f"rlm: removed {removed} leftover sandbox container(s) of ended runs")
-
-
-def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namespace) -> Any:
+def _complete(
+    config: RLMConfig,
+    context: Any,
+    query: str,
+    args: argparse.Namespace,
+    answer_schema: dict[str, Any] | None = None,
+) -> Any:
     from rlm.core import RLM
     from rlm.progress import RunReporter
 
     as_json = getattr(args, "json", False)
     stream = getattr(args, "stream", False)
+
+    async def complete(rlm: RLM) -> Any:
+        return await rlm.acompletion(context, query, answer_schema=answer_schema)
+
     # Everything alive now (the imported modules' objects, the context) outlives the
     # run. Frozen, it is left out of the collector's full passes, which otherwise
     # paused this process 60-75 ms every few batches, each time in the middle of a
@@ -364,7 +268,7 @@ def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namesp
     gc.freeze()
     if as_json:
         rlm = RLM(config, trajectory_path=args.trajectory)
-        return anyio.run(interruptible, rlm.acompletion, context, query)
+        return anyio.run(interruptible, complete, rlm)
     with RunReporter(stderr) as reporter:
 
         def on_event(event: dict[str, Any]) -> None:
@@ -374,7 +278,7 @@ def _complete(config: RLMConfig, context: Any, query: str, args: argparse.Namesp
                 reporter(event)
 
         rlm = RLM(config, trajectory_path=args.trajectory, on_event=on_event, stream=stream)
-        return anyio.run(interruptible, rlm.acompletion, context, query)
+        return anyio.run(interruptible, complete, rlm)
 
 
 def _print_result(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -384,39 +288,26 @@ def _print_result(result: Any, as_json: bool, extra: dict[str, Any] | None = Non
     usage = result.usage
     stderr.print(
         f"[bold]done[/] in {result.wall_time_s:.2f} s: {result.iterations} iterations, "
-        f"{usage.sub_calls} sub-calls, {usage.total_tokens:,} tokens{_status_note(result)}"
+        f"{usage.sub_calls} sub-calls, {usage.total_tokens:,} tokens{status_note(result)}"
     )
     stdout.print(result.answer, markup=False)
 
 
-def _status_note(result: Any) -> str:
-    notes = []
-    if result.limits:
-        refused = ", ".join(f"{kind} refused {n}" for kind, n in result.limits.items())
-        notes.append(f"a session limit was reached ({refused}): the answer may lack that work")
-    if result.stopped:
-        notes.append(
-            f"the run stopped at its {result.stopped} limit: the answer may lack that work"
-        )
-    if result.forced and not result.stopped:
-        notes.append("forced to answer at the iteration bound")
-    return "".join(f" [yellow]({note})[/]" for note in notes)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _config(
+    config = config_from_args(
         args,
         max_iterations=args.max_iterations,
         max_depth=args.max_depth,
         child_model=args.child_model,
     )
-    config = _with_limits(config, args)
+    config = with_limit_flags(config, args)
+    schema = read_answer_schema(args.answer_schema)
     # Beside the context's reading, which can take seconds for a big one.
-    sweeper = _start_sweep(config)
-    context = _read_context(args)
+    sweeper = start_sweep(config)
+    context = read_context_arg(args)
     if sweeper is not None:
-        sweeper.join(_SWEEP_WAIT)
-    result = _complete(config, context, args.query, args)
+        sweeper.join(SWEEP_WAIT)
+    result = _complete(config, context, args.query, args, schema)
     _print_result(result, args.json)
     return int(result.exit_code)
 
@@ -439,7 +330,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with OfflineModelServer() as server:
             if not args.json:
                 stderr.print(f"no OPENAI_API_KEY: using the offline model at {server.base_url}")
-            config = _config(
+            config = config_from_args(
                 args,
                 api_key="offline",
                 base_url=server.base_url,
@@ -448,7 +339,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             result = _complete(config, haystack.text, haystack.query, args)
     else:
-        result = _complete(_config(args), haystack.text, haystack.query, args)
+        result = _complete(config_from_args(args), haystack.text, haystack.query, args)
     correct = haystack.answer in result.answer
     if args.json:
         extra = {"expected": haystack.answer, "correct": correct, "exit_code": 0 if correct else 1}
@@ -484,7 +375,7 @@ class _NoModel:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     code = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-    config = _config(args)
+    config = config_from_args(args)
     result, backend = anyio.run(interruptible, _exec, config, code, args.timeout)
     if args.json:
         stdout.print_json(data={**result.to_dict(), "backend": backend})
@@ -521,7 +412,7 @@ async def _exec(config: RLMConfig, code: str, timeout: float) -> tuple[Any, str]
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rlm.backends import docker
 
-    config = _config(args)
+    config = config_from_args(args)
     if args.cleanup:
         removed = docker.cleanup_leftovers()
         stderr.print(f"removed {removed} leftover sandbox container(s)")
