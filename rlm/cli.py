@@ -1,4 +1,4 @@
-"""The ``rlm`` command: run, demo, exec, doctor, image build, security-check."""
+"""The ``rlm`` command: run, chat, demo, exec, doctor, image build, security-check."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from rlm.cli_common import (
 )
 from rlm.config import BACKENDS, RLMConfig
 from rlm.context_input import DEFAULT_MAX_BYTES, parse_size
-from rlm.errors import BridgeRefusal
+from rlm.errors import BridgeRefusal, ConfigurationError, SnapshotError
 from rlm.image import DEFAULT_IMAGE
 from rlm.interrupts import interruptible, stop_signals_raise
 
@@ -192,6 +192,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the result as JSON")
     run.set_defaults(handler=cmd_run, json_status=True)
 
+    chat = commands.add_parser(
+        "chat",
+        help="an interactive session about a context: one question per line",
+        description="Ask questions about a context, one per line; the sandbox and its "
+        "variables stay between them. /help lists the commands (/fork, /save, /usage...).",
+    )
+    context_flags(chat, required=False)
+    chat.add_argument("--restore", metavar="FILE", help="go on from a session saved with /save")
+    run_flags(chat, run="each turn")
+    chat.set_defaults(handler=cmd_chat)
+
     demo = commands.add_parser("demo", help="find a needle in a ~1M-line context, offline")
     demo.add_argument("--lines", type=int, default=1_000_000)
     demo.add_argument(
@@ -310,6 +321,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = _complete(config, context, args.query, args, schema)
     _print_result(result, args.json)
     return int(result.exit_code)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from rlm.chat import run_chat
+    from rlm.core import RLM
+
+    config = config_from_args(
+        args,
+        max_iterations=args.max_iterations,
+        max_depth=args.max_depth,
+        child_model=args.child_model,
+    )
+    config = with_limit_flags(config, args)
+    if args.context is None and args.context_json is None and args.restore is None:
+        raise ConfigurationError(
+            "rlm chat needs a context (--context FILE|DIR or --context-json FILE) "
+            "or a saved session (--restore FILE)"
+        )
+    if "-" in (args.context, args.context_json):
+        # Questions are read from standard input: a context piped in would leave none.
+        raise ConfigurationError(
+            "rlm chat reads its questions from standard input: give the context as a "
+            "file (--context FILE)"
+        )
+    restore = None
+    if args.restore is not None:
+        try:
+            restore = Path(args.restore).read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"--restore {args.restore}: cannot read it ({exc.strerror})"
+            ) from None
+    sweeper = start_sweep(config)
+    context = None
+    if args.context is not None or args.context_json is not None:
+        context = read_context_arg(args)
+    if sweeper is not None:
+        sweeper.join(SWEEP_WAIT)
+
+    def make_rlm(on_event: Any) -> RLM:
+        return RLM(config, trajectory_path=args.trajectory, on_event=on_event)
+
+    try:
+        return run_chat(make_rlm, context=context, restore=restore, out=stdout, err=stderr)
+    except SnapshotError as exc:
+        # Only the start restores: the file given is at fault, not the sandbox.
+        raise ConfigurationError(f"--restore {args.restore}: {exc}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
