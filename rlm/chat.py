@@ -143,9 +143,13 @@ class Chat:
         )
 
     def close(self) -> None:
-        """Close every branch's sandbox; a second Ctrl-C does not cut this short."""
-        for branch in self.branches:
-            self._settle(self.portal.start_task_soon(branch.session.aclose))
+        """Close every branch's sandbox; a second Ctrl-C does not cut this short, and
+        one that fails to close does not keep the others open."""
+        for number, branch in enumerate(self.branches):
+            try:
+                self._settle(self.portal.start_task_soon(branch.session.aclose))
+            except Exception as exc:
+                self._report(exc, f"closing branch {number}: ")
 
     def _settle(self, future: Future[T]) -> T:
         """``future``'s result; interrupts are held until it is there, since what it
@@ -419,30 +423,17 @@ def _stops_the_chat(exc: BaseException) -> bool:
     return getattr(exc, "signum", signal.SIGINT) != signal.SIGINT
 
 
-def run_chat(
-    rlm_factory: Callable[[Callable[[dict[str, Any]], None]], RLM],
-    *,
-    context: Any,
-    restore: bytes | None,
-    out: Console,
-    err: Console,
-) -> int:
+def run_chat(rlm: RLM, *, context: Any, restore: bytes | None, out: Console, err: Console) -> int:
     """The whole chat: start the first session, answer lines, close every sandbox.
 
-    ``rlm_factory`` builds the RLM given the chat's event callback.
+    The chat shows each turn's progress: it becomes ``rlm``'s ``on_event``.
     """
     # input() gains line editing and history; readline is not on every platform.
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401
     with start_blocking_portal() as portal:
-        holder: list[Chat] = []
-
-        def on_event(event: dict[str, Any]) -> None:
-            if holder:
-                holder[0].on_event(event)
-
-        chat = Chat(rlm_factory(on_event), portal, context=context, out=out, err=err)
-        holder.append(chat)
+        chat = Chat(rlm, portal, context=context, out=out, err=err)
+        rlm.on_event = chat.on_event
         try:
             chat.start(restore)
             chat.run()

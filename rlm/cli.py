@@ -359,12 +359,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
         context = read_context_arg(args)
     if sweeper is not None:
         sweeper.join(SWEEP_WAIT)
-
-    def make_rlm(on_event: Any) -> RLM:
-        return RLM(config, trajectory_path=args.trajectory, on_event=on_event)
-
+    rlm = RLM(config, trajectory_path=args.trajectory)
     try:
-        return run_chat(make_rlm, context=context, restore=restore, out=stdout, err=stderr)
+        return run_chat(rlm, context=context, restore=restore, out=stdout, err=stderr)
     except SnapshotError as exc:
         # Only the start restores: the file given is at fault, not the sandbox.
         raise ConfigurationError(f"--restore {args.restore}: {exc}") from None

@@ -235,6 +235,29 @@ def test_leaving_removes_the_container_docker(
     assert docker_client.containers.list(all=True, filters=mine) == []
 
 
+@pytest.mark.docker
+def test_ctrl_c_mid_cell_says_whether_variables_survived_docker(
+    docker_client: Any, chat_server: ChatModelServer, context_file: Path
+) -> None:
+    # Docker replaces a container whose cell was stopped mid-run; whatever the
+    # backend does, the chat must say so exactly when the variables are gone.
+    chat = Chat(chat_server, "--context", str(context_file), backend="docker")
+    chat.ask("set x")
+    chat.child.sendline("spin")
+    chat.child.expect("iteration 1")
+    time.sleep(0.5)
+    chat.child.sendintr()
+    out = chat.wait()
+    assert "cancelled; the session goes on" in out
+    warned = "variables from earlier turns are lost" in out
+    survived = chat.ask("x plus one") == "42"
+    assert warned != survived, out
+    # The session goes on either way: the context is there, and new variables stick.
+    assert chat.ask("set x") == "x is set"
+    assert chat.ask("x plus one") == "42"
+    assert chat.quit() == 0
+
+
 def test_without_a_context_or_a_session_is_one_clear_line() -> None:
     proc = rlm("chat", "--backend", "restricted", env={"OPENAI_API_KEY": "k", "RLM_MODEL": "m"})
     assert proc.returncode == 2
