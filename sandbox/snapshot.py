@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import json
 import math
 import types
@@ -49,6 +50,7 @@ SHARE_AT = 256
 MAX_SKIPPED = 1000
 #: Ints longer than this many bits travel as hex (JSON text of an int is limited).
 _MAX_INT_BITS = 13_000
+_SMALL_INT = 1 << 62
 _ATOMS: tuple[type, ...] = (str, int, float, bool, bytes)
 _CONTAINERS: dict[type, str] = {list: "l", tuple: "t", set: "s", frozenset: "F", dict: "d"}
 _IMMUTABLE = ("t", "F")
@@ -84,6 +86,18 @@ def encode(
     and other dunders) are left out silently; every other variable is carried or
     listed in ``skipped`` with why. The text is at most ``max_bytes`` bytes of UTF-8.
     """
+    collecting = gc.isenabled()
+    gc.disable()  # as in decode: none of what is made is garbage, and it is many objects
+    try:
+        return _encode(namespace, max_bytes, tools)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _encode(
+    namespace: dict[str, Any], max_bytes: int, tools: Iterable[str]
+) -> tuple[str, list[str], dict[str, str]]:
     writer = _Writer(max_bytes)
     skip_names = SANDBOX_NAMES | frozenset(tools)
     names: list[str] = []
@@ -134,6 +148,8 @@ class _Writer:
             self.room = mark[3]
             if isinstance(exc, _Skip):
                 where = "".join(reversed(exc.path))
+                if len(where) > 120:
+                    where = where[:120] + "..."
                 return f"{exc.reason} (at {name}{where})" if where else exc.reason
             if isinstance(exc, _TooBig):
                 return "over the size limit"
@@ -188,37 +204,54 @@ class _Writer:
         if depth >= MAX_DEPTH:
             raise _Skip(f"nested more than {MAX_DEPTH} levels deep")
         index = self.remember(value)
-        height = 0
-        parts: list[str] = []
+        immutable = tag in _IMMUTABLE
         if tag == "d":
-            for i, (key, item) in enumerate(list(dict.items(value))):
-                parts.append(self.child(key, depth, f"<key {i}>"))
-                parts.append(self.child(item, depth, f"[{_show(key)}]"))
+            items = [part for pair in list(dict.items(value)) for part in pair]
         else:
-            for i, item in enumerate(list(value)):
-                parts.append(self.child(item, depth, f"[{i}]" if tag in "lt" else "<item>"))
-                if tag in _IMMUTABLE:
-                    height = max(height, self.height_of(item))
-        if tag in _IMMUTABLE and height + 1 > MAX_DEPTH:
+            items = list(value)
+        parts, height = self.parts(items, depth + 1, immutable, tag)
+        if immutable and height + 1 > MAX_DEPTH:
             raise _Skip(f"tuples nested more than {MAX_DEPTH} levels deep")
-        self.heights[index] = height + 1 if tag in _IMMUTABLE else 0
-        self.charge(10)  # the parts were charged one by one
+        self.heights[index] = height + 1 if immutable else 0
         self.objects[index] = f'["{tag}",[{",".join(parts)}]]'
         return f'["r",{index}]'
 
-    def child(self, value: Any, depth: int, where: str) -> str:
+    def parts(
+        self, items: list[Any], depth: int, immutable: bool, tag: str
+    ) -> tuple[list[str], int]:
+        """The slots of a container's items, and the height of the tuples among them."""
+        # The hot loop of a snapshot: short strings and small ints are written here,
+        # and the bytes are counted as they come, so a huge container stops at the
+        # limit instead of being built first.
+        parts: list[str] = []
+        used = 10
+        height = 0
+        i = 0
         try:
-            text = self.slot(value, depth + 1)
+            for i, item in enumerate(items):  # noqa: B007 - read when a _Skip is raised
+                t = type(item)
+                if t is str and len(item) < SHARE_AT and item.isascii():
+                    text = encode_basestring(item)
+                    used += len(text) + 1
+                elif t is int and -_SMALL_INT < item < _SMALL_INT:
+                    text = int.__repr__(item)
+                    used += len(text) + 1
+                else:
+                    text = self.slot(item, depth)
+                    used += _size(text) + 1
+                    if immutable and (t is tuple or t is frozenset):
+                        height = max(height, self.heights[self.memo[id(item)]])
+                parts.append(text)
+                if used > self.room:
+                    raise _TooBig
         except _Skip as exc:
-            exc.path.append(where)
+            if tag == "d":
+                exc.path.append(f"<key {i // 2}>" if i % 2 == 0 else f"[{_show(items[i - 1])}]")
+            else:
+                exc.path.append(f"[{i}]" if tag in "lt" else "<item>")
             raise
-        self.charge(_size(text) + 1)
-        return text
-
-    def height_of(self, item: Any) -> int:
-        if type(item) in (tuple, frozenset):
-            return self.heights[self.memo[id(item)]]
-        return 0
+        self.charge(used)
+        return parts, height
 
     def remember(self, value: Any) -> int:
         index = len(self.objects)
@@ -269,19 +302,20 @@ def _show(key: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
-        return "a function"
-    if isinstance(value, types.ModuleType):
-        return "a module"
-    if isinstance(value, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
-        return "a generator"
-    if isinstance(value, type):
-        return "a class"
+    # By the exact type only: isinstance() would read a __class__ model code may define.
     cls = type(value)
+    if issubclass(cls, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
+        return "a function"
+    if issubclass(cls, types.ModuleType):
+        return "a module"
+    if issubclass(cls, (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)):
+        return "a generator"
+    if issubclass(cls, type):
+        return "a class"
     # Read through type's own descriptor: a metaclass of model code cannot intercept it.
     name = type.__dict__["__name__"].__get__(cls, type)
     for base in (*_ATOMS, *_CONTAINERS):
-        if isinstance(value, base):
+        if issubclass(cls, base):
             return f"an object of class {name} (a subclass of {base.__name__})"
     return f"an object of class {name}"
 
@@ -300,6 +334,18 @@ def decode(text: str, max_bytes: int, tools: Iterable[str] = ()) -> dict[str, An
             version = text[8:].split("\n", 1)[0][:20]
             raise SnapshotInvalid(f"snapshot format version {version!r} is not supported")
         raise SnapshotInvalid("this is not an rlm sandbox snapshot (wrong header)")
+    # Many small containers at once: the cyclic collector would walk them all again
+    # and again while they are made (more than twice the time), and none is garbage.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _decode_body(text, tools)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _decode_body(text: str, tools: Iterable[str]) -> dict[str, Any]:
     try:
         doc = json.loads(text[len(MAGIC) :], parse_constant=_no_constant)
     except RecursionError:
@@ -385,8 +431,10 @@ class _Reader:
             raise SnapshotInvalid(f"object {i} of the snapshot has an unknown tag {tag[:10]!r}")
         if tag == "d" and len(payload) % 2:
             raise SnapshotInvalid(f"object {i} of the snapshot is a dict with a key alone")
+        check = self.check_slot
         for slot in payload:
-            self.check_slot(slot)
+            if type(slot) is list or type(slot) is dict:  # atoms need no look
+                check(slot)
 
     def check_slot(self, slot: Any) -> None:
         t = type(slot)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rlm.backends.base import CellResult, Sandbox
+from rlm.backends.base import CellResult, Sandbox, Snapshot
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
 
-__all__ = ["CellResult", "Sandbox", "create_sandbox"]
+__all__ = ["CellResult", "Sandbox", "Snapshot", "create_sandbox"]
 
 
 def create_sandbox(

@@ -40,6 +40,10 @@ class CellResult:
         return asdict(self)
 
 
+#: The smallest ``max_bytes`` a snapshot may be asked for (its empty frame fits).
+MIN_SNAPSHOT_BYTES = 64
+
+
 @dataclass
 class Snapshot:
     """A sandbox's variables, as made by :meth:`Sandbox.snapshot`.
@@ -101,7 +105,9 @@ class Sandbox(abc.ABC):
         and lists, tuples, dicts, sets and frozensets of them, shared references and
         cycles kept); the names the sandbox injects (``llm_query``, ``FINAL``, the
         tools...) are left out, and every other variable it cannot carry (or that
-        would take it over ``max_bytes``) is listed in ``skipped`` with why.
+        would take it over ``max_bytes``) is listed in ``skipped`` with why (past
+        1,000 of them, the rest are counted under the key ``"..."``). ValueError
+        when ``max_bytes`` is below :data:`MIN_SNAPSHOT_BYTES`.
         """
         raise SandboxError(f"the {self.name} backend cannot take snapshots")
 

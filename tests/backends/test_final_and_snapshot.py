@@ -288,6 +288,8 @@ async def test_a_snapshot_over_its_size_skips_what_does_not_fit(
     assert sorted(snap.names) == ["context", "small"]
     assert snap.skipped == {"large": "over the size limit"}
     assert len(snap.blob) <= 50_000
+    with pytest.raises(ValueError, match="at least"):
+        await box.snapshot(10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -141,6 +141,8 @@ def test_every_schema_accepts_a_well_formed_message() -> None:
             "final": {"value": {"rows": [1, "a", None]}, "how": "FINAL"},
         },
         "variable": {"id": 1, "found": True, "value": "x", "truncated": False},
+        "snapshot": {"id": 1, "blob": "RLMSNAP/1\n{}", "names": ["a"], "skipped": {"f": "why"}},
+        "restored": {"id": 1, "names": ["a"], "error": None},
         "call": {"id": 1, "method": "llm_query", "params": {"prompt": "p", "model": None}},
         "fatal": {"message": "m"},
     }
@@ -170,6 +172,21 @@ _RESULT = '{"type":"result","id":1,"stdout":"","stderr":"","error":null,"truncat
 def test_host_rejects_a_malformed_final(final: str) -> None:
     payload = f'{_RESULT}"interrupted":false,"final":{final}}}'.encode()
     with pytest.raises(P.ProtocolViolation, match="final"):
+        P.parse(payload, P.FROM_SANDBOX)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"type": "snapshot", "id": 1, "blob": "", "names": [1], "skipped": {}}',
+        b'{"type": "snapshot", "id": 1, "blob": "", "names": [], "skipped": {"a": 1}}',
+        b'{"type": "snapshot", "id": 1, "blob": 5, "names": [], "skipped": {}}',
+        b'{"type": "restored", "id": 1, "names": [null], "error": null}',
+        b'{"type": "restored", "id": 1, "names": [], "error": 1}',
+    ],
+)
+def test_host_rejects_malformed_snapshot_replies(payload: bytes) -> None:
+    with pytest.raises(P.ProtocolViolation):
         P.parse(payload, P.FROM_SANDBOX)
 
 

@@ -17,7 +17,7 @@ import anyio.abc
 from rlm_sandbox import protocol
 from rlm_sandbox.final import json_size
 
-from rlm.backends.base import CellResult, Sandbox, Snapshot
+from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.docker.channel import ContainerGone
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer, describe_exit
 from rlm.backends.docker.source import ColdStart, ContainerSource
@@ -233,6 +233,8 @@ class DockerSandbox(Sandbox):
     # -- snapshots -------------------------------------------------------------
 
     async def snapshot(self, max_bytes: int) -> Snapshot:
+        if max_bytes < MIN_SNAPSHOT_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_SNAPSHOT_BYTES}, not {max_bytes}")
         # The blob travels as a JSON string, where each '"' and '\\' doubles: the
         # reply must fit the host's message cap, or the session would end on it.
         cap = getattr(self.source, "max_message", protocol.DEFAULT_MAX_MESSAGE)

@@ -52,7 +52,7 @@ import anyio.lowlevel
 from rlm_sandbox import snapshot
 from rlm_sandbox.api import RLMCallError, make_functions
 
-from rlm.backends.base import CellResult, Sandbox, Snapshot
+from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.restricted.epoch import Epoch, new_guards
 from rlm.backends.restricted.guards import Guards
 from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, Run, reap, stop_message
@@ -138,6 +138,8 @@ class RestrictedSandbox(Sandbox):
             self._epoch.namespace[name] = plain
 
     async def snapshot(self, max_bytes: int) -> Snapshot:
+        if max_bytes < MIN_SNAPSHOT_BYTES:
+            raise ValueError(f"max_bytes must be at least {MIN_SNAPSHOT_BYTES}, not {max_bytes}")
         self._started()
         assert self._lock is not None
         tools = self._tool_names()
