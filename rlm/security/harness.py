@@ -30,7 +30,13 @@ from rlm.errors import VariableNotFound
 from rlm.events import Event
 from rlm.provider.client import ModelClient
 from rlm.security.corpus import MARKER, Payload
-from rlm.security.hostside import Canary, HostFixtures, ProcessSnapshot
+from rlm.security.hostside import (
+    Canary,
+    HostFixtures,
+    ProcessSnapshot,
+    peak_rss_mb,
+    reset_peak_rss,
+)
 from rlm.security.judge import (
     VARIABLE_READ_LIMIT,
     Observation,
@@ -78,6 +84,10 @@ SUITE_CONTEXT = "The capital of Atlantis is Poseidonia.\n" * 50
 SUITE_OUTPUT_LIMIT = 4_000
 #: Seconds the provider may still be serving a payload's sub-calls after its cell ended.
 _LINGER_LIMIT = 5.0
+#: MiB the host process may grow by, at its peak, while one payload runs in a sandbox
+#: outside it: a session's frames are capped at 256 MiB per message, and holding one
+#: such message, and what it decodes to, must not cost the host more than this.
+HOST_PEAK_GROWTH_MB = 600.0
 
 
 class SecurityHarness:
@@ -322,6 +332,11 @@ class SecurityHarness:
         unraisable_mark = len(self.unraisable)
         victim_calls = (self.victim.calls_admitted, self.victim.usage.sub_calls)
         integrity = host_integrity()
+        # In-process targets share the host's memory by design (bounded by their own
+        # watchdog); for the others, what a sandbox makes the host hold is judged.
+        peak_from = None
+        if not target.in_process and reset_peak_rss():
+            peak_from = peak_rss_mb("VmRSS")
         code = payload.render(self.placeholders())
         seen = Observation(code=code, events=events)
         heartbeat = Heartbeat()
@@ -338,6 +353,11 @@ class SecurityHarness:
             problems.append(
                 f"the host's event loop stalled for {heartbeat.worst:.1f} s while the payload "
                 f"ran (limit {HOST_STALL_LIMIT:g} s): every other session on this host froze"
+            )
+        if peak_from is not None and (grew := peak_rss_mb() - peak_from) > HOST_PEAK_GROWTH_MB:
+            problems.append(
+                f"the host process grew by {grew:,.0f} MiB at its peak while the payload ran "
+                f"(limit {HOST_PEAK_GROWTH_MB:,.0f} MiB): a sandbox made the host hold that much"
             )
         if victim_calls != (self.victim.calls_admitted, self.victim.usage.sub_calls):
             problems.append("the victim session's counters changed")

@@ -264,3 +264,25 @@ def _malloc_trim() -> None:
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def reset_peak_rss() -> bool:
+    """Start a new high-water mark of this process's resident memory; False if unsupported.
+
+    The kernel keeps the peak itself (``VmHWM``), so it is exact even when the peak
+    lasts only while one C call holds the GIL and no sampler could run.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory since :func:`reset_peak_rss`, in MiB
+    (``field="VmRSS"``: the resident memory now)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
