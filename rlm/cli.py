@@ -107,18 +107,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
-    def context_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
+    def context_flags(p: argparse.ArgumentParser, *, required: bool, stdin: bool = True) -> None:
+        # `rlm chat` reads its questions from stdin, so its context cannot come from there.
+        dash, or_stdin = ("|-", "; or - for stdin") if stdin else ("", "")
         source = p.add_mutually_exclusive_group(required=required)
         source.add_argument(
             "--context",
-            metavar="FILE|DIR|-",
+            metavar=f"FILE|DIR{dash}",
             help="a text file (a .json file is read as JSON); a folder, read as a dict of "
-            "relative path -> text with binary files skipped; or - for stdin",
+            f"relative path -> text with binary files skipped{or_stdin}",
         )
         source.add_argument(
             "--context-json",
-            metavar="FILE|-",
-            help="a JSON list, object or string, or - for stdin",
+            metavar=f"FILE{dash}",
+            help=f"a JSON list, object or string{or_stdin.replace(';', ',')}",
         )
         p.add_argument(
             "--context-encoding", metavar="ENC", help="the context's text encoding (default utf-8)"
@@ -198,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Ask questions about a context, one per line; the sandbox and its "
         "variables stay between them. /help lists the commands (/fork, /save, /usage...).",
     )
-    context_flags(chat, required=False)
+    context_flags(chat, required=False, stdin=False)
     chat.add_argument("--restore", metavar="FILE", help="go on from a session saved with /save")
     run_flags(chat, run="each turn")
     chat.set_defaults(handler=cmd_chat)
