@@ -7,7 +7,10 @@ sandbox -- with the canary also in the host environment. Each payload then gets 
 fresh :class:`~rlm.session.SessionState` (so budgets are per payload) and is judged
 on what came back *and* on what the host saw: every bridge frame, the loopback
 listeners, the host directory, a second ("victim") session, the model server's
-request count and the image's identity.
+request count, the host's peak memory, the run's tree and the image's identity.
+
+The attacker's runs have what a deployment with recursion and tools gives model
+code: canary host tools and a real child runner (:mod:`rlm.security.tooling`).
 """
 
 from __future__ import annotations
