@@ -368,6 +368,11 @@ class SecurityHarness:
         reached = self.fixtures.listeners.since(listen_mark)
         if reached:
             problems.append(f"reached a host listener: {'; '.join(reached[:3])}")
+        lingering = await self._lingering_requests(in_flight_mark)
+        if session.calls_admitted > sum(run.usage.sub_calls for run in session.tree.sessions):
+            # Some were cancelled: a request already sent may reach a busy server only
+            # now, and must be counted for this payload, not the next one.
+            await self._settle_requests()
         # Children's root models are called by the host, not by model code: they are
         # bounded by the children allowed, not by the sub-call budget.
         child_roots = self.server.stats.models[CHILD_MODEL] - child_roots_mark
@@ -380,7 +385,6 @@ class SecurityHarness:
             problems.append(
                 f"{requests} requests reached the provider, over the budget of {budget}"
             )
-        lingering = await self._lingering_requests(in_flight_mark)
         if lingering:
             problems.append(
                 f"{lingering} sub-calls were still running at the provider "
@@ -433,6 +437,17 @@ class SecurityHarness:
                 return 0
             await anyio.sleep(0.05)
         return max(0, self.server.stats.in_flight - mark)
+
+    async def _settle_requests(self, quiet: float = 0.3, most: float = 2.0) -> None:
+        """Wait until the model server has counted no new request for ``quiet`` seconds."""
+        assert self.server is not None
+        last, still, waited = self.server.stats.requests, 0.0, 0.0
+        while still < quiet and waited < most:
+            await anyio.sleep(0.05)
+            waited += 0.05
+            now = self.server.stats.requests
+            still = still + 0.05 if now == last else 0.0
+            last = now
 
     async def _attack(self, sandbox: Sandbox, payload: Payload, seen: Observation) -> bool:
         """Run the cell, then read its variables back; True if the sandbox must go."""
