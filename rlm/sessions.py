@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -41,9 +41,31 @@ from rlm.tree import RunTree
 from rlm.usage import Usage
 
 if TYPE_CHECKING:
-    from rlm.core import RLM
+    from rlm.backends.docker import ContainerPool
+    from rlm.config import RLMConfig
+    from rlm.stack import BackendChoice
+    from rlm.tools import ToolSet
 
 T = TypeVar("T")
+
+
+class RLM(Protocol):
+    """What a session needs of the :class:`~rlm.core.RLM` it belongs to."""
+
+    config: RLMConfig
+    trajectory_path: Any
+    on_event: Callable[[dict[str, Any]], None] | None
+    stream: bool
+    tools: ToolSet
+    child_tools: ToolSet
+
+    async def backend(self) -> BackendChoice: ...
+    @property
+    def backend_reason(self) -> str: ...
+    @property
+    def shared_batcher(self) -> Batcher | None: ...
+    @property
+    def pool(self) -> ContainerPool | None: ...
 
 #: The first bytes of every session snapshot.
 MAGIC = b"RLMSESSION1\n"

@@ -74,7 +74,7 @@ def test_a_bad_number_names_the_variable(
 
 
 def test_every_variable_is_read_into_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    samples = {str: "x", int: "3", float: "2.5"}
+    samples = {str: "x", int: "300", float: "2.5"}
     for name, (variable, kind) in _ENVIRONMENT.items():
         if name != "backend":
             monkeypatch.setenv(variable, samples[kind])
