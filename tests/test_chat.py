@@ -41,11 +41,15 @@ REPLIES = {
 class ChatModelServer(OfflineModelServer):
     """The offline server, with the root model's reply chosen by the turn's question."""
 
+    def __init__(self, replies: dict[str, str] | None = None) -> None:
+        super().__init__()
+        self.replies = {**REPLIES, **(replies or {})}
+
     def _root_reply(self, messages: list[dict[str, Any]], model: str | None = None) -> str:
         query = _query(messages)
-        for key in sorted(REPLIES, key=len, reverse=True):
+        for key in sorted(self.replies, key=len, reverse=True):
             if key in query:
-                return REPLIES[key]
+                return self.replies[key]
         return "FINAL(I was not asked anything I know)"
 
 
@@ -156,20 +160,17 @@ def test_a_saved_session_goes_on_in_a_new_chat(
     assert again.quit("ctrl-d") == 0
 
 
-def test_save_names_what_it_could_not_carry(
-    chat_server: ChatModelServer, context_file: Path, tmp_path: Path
-) -> None:
-    REPLIES["define a function"] = cell("def double(n):\n    return 2 * n") + "\nFINAL(ok)"
-    try:
-        chat = Chat(chat_server, "--context", str(context_file))
+def test_save_names_what_it_could_not_carry(context_file: Path, tmp_path: Path) -> None:
+    function = cell("def double(n):\n    return 2 * n") + "\nFINAL(ok)"
+    with ChatModelServer({"define a function": function}) as server:
+        chat = Chat(server, "--context", str(context_file))
         chat.ask("define a function")
         out = chat.say(f"/save {tmp_path / 's.rlm'}")
         assert "could not carry: double" in out
-        assert "cannot write" not in chat.say("/save")  # no file name: told, not crashed
         assert "/save takes a file name" in chat.say("/save")
+        unwritable = chat.say(f"/save {tmp_path / 'no-such-dir' / 's.rlm'}")
+        assert "could not write" in unwritable
         assert chat.quit() == 0
-    finally:
-        del REPLIES["define a function"]
 
 
 def test_usage_shows_each_turn_and_each_model(
