@@ -121,6 +121,7 @@ class RLMSession:
         self._latest = NO_CONTEXT
         self._lost_since_last_turn = False
         self._closed = False
+        self._sandbox_started = False
         self._lock = anyio.Lock()
         self._idle: asyncio.TimerHandle | None = None
         self._idle_close: asyncio.Task[None] | None = None
@@ -163,8 +164,10 @@ class RLMSession:
                 children=self._children,
                 tools=rlm.tools,
             )
-            await self._stack.start()
             if blob is not None:
+                # A restored session starts its sandbox now, so a bad blob fails here;
+                # a new one at its first turn, after that turn's run_start.
+                await self._start_sandbox(self._stack)
                 await self._stack.sandbox.restore(blob)
                 self._take_header(header)
         except BaseException:
@@ -252,6 +255,7 @@ class RLMSession:
             tools=list(self.rlm.tools.names),
             turn=turn,
         )
+        await self._start_sandbox(stack)
         if context is not None:
             await self._bind_context(stack, context)
         if self.history:
@@ -317,6 +321,17 @@ class RLMSession:
             state_lost=lost,
             invalid_answer=ending.invalid,
         )
+
+    async def _start_sandbox(self, stack: SessionStack) -> None:
+        if self._sandbox_started:
+            return
+        try:
+            await stack.start()
+        except BaseException:
+            # The stack closed itself: this session has no sandbox to go on with.
+            await self.aclose()
+            raise
+        self._sandbox_started = True
 
     async def _bind_context(self, stack: SessionStack, context: Any) -> None:
         """Bind ``context`` as ``context`` and as the next ``context_k`` (one copy)."""
