@@ -88,3 +88,19 @@ def test_every_public_name_is_importable_from_rlm() -> None:
     for name in rlm.__all__:
         assert getattr(rlm, name) is not None, name
     assert sorted(rlm.__all__) == sorted(rlm._HOMES)
+
+
+def test_every_package_is_installed() -> None:
+    # setuptools installs only the packages pyproject.toml lists: a new subpackage
+    # missing there works in an editable checkout and is absent from a wheel.
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    present = {
+        ".".join([package, *init.parent.relative_to(root).parts])
+        for package, root in PACKAGES.items()
+        for init in root.rglob("__init__.py")
+    }
+    assert present - listed == set()
