@@ -17,7 +17,7 @@ import anyio
 
 from rlm.config import RLMConfig
 from rlm.result import RLMResult
-from rlm.sessions import RLMSession
+from rlm.sessions import DEFAULT_MAX_SNAPSHOT, RLMSession
 from rlm.stack import BackendChoice, choose_backend
 from rlm.subcalls.batcher import Batcher
 from rlm.tools import Tools, ToolSet
@@ -122,10 +122,12 @@ class RLM:
 
     # -- sessions ----------------------------------------------------------------------
 
-    def session(self, *, idle_timeout: float | None = 600.0) -> RLMSession:
+    def session(
+        self, *, idle_timeout: float | None = 600.0, max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT
+    ) -> RLMSession:
         """A session that keeps one sandbox across questions: ``async with`` it (or
         ``with`` it for the blocking API). See :class:`~rlm.sessions.RLMSession`."""
-        return RLMSession(self, idle_timeout=idle_timeout)
+        return RLMSession(self, idle_timeout=idle_timeout, max_snapshot_bytes=max_snapshot_bytes)
 
     async def arestore(self, blob: bytes, *, idle_timeout: float | None = 600.0) -> RLMSession:
         """A started session whose sandbox holds the variables of ``blob`` (from
