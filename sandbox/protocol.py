@@ -37,6 +37,7 @@ asks the runner to stop the running cell (it then answers that cell's ``result``
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -91,6 +92,10 @@ FROM_SANDBOX: dict[str, dict[str, tuple[type, ...]]] = {
 
 class ProtocolViolation(ValueError):
     """A frame or message that breaks the protocol; the message says how."""
+
+
+class TooManyValues(ProtocolViolation):
+    """A message holds more JSON values than the reader takes (see :func:`parse`)."""
 
 
 def encode(message: dict[str, Any]) -> Iterator[bytes]:
@@ -184,8 +189,63 @@ def _frame_length(header: bytes) -> int:
     return length
 
 
-def parse(payload: bytes, schema: dict[str, dict[str, tuple[type, ...]]]) -> dict[str, Any]:
-    """Decode one message's JSON and check it against ``schema``."""
+#: What opens or separates JSON values outside strings.
+_STRUCTURE = (b"[", b"{", b",")
+
+
+def count_values(payload: bytes, limit: int) -> int:
+    """An upper bound on the JSON values in ``payload``, counted no further than just
+    past ``limit``, without decoding it.
+
+    A decoded value costs the reader some 50 bytes however small its text, so a
+    reader bounds the count first. Structural characters inside strings do not
+    count: the scan skips each string to its closing quote. Every step is a call
+    into C over at most :data:`_SCAN_STEP` bytes, so a thread running this lets the
+    event loop in between.
+    """
+    count, pos, end = 1, 0, len(payload)
+    while pos < end:
+        quote = payload.find(b'"', pos)
+        stop = end if quote < 0 else quote
+        count += sum(payload.count(c, pos, stop) for c in _STRUCTURE)
+        if count > limit or quote < 0:
+            return count
+        pos = quote + 1
+        while True:  # through the string, a step at a time
+            body = _STRING_BODY.match(payload, pos, min(end, pos + _SCAN_STEP))
+            assert body is not None  # it matches the empty string
+            pos = body.end()
+            if pos >= end:
+                return count  # unterminated: the decoder refuses it
+            if payload[pos] == 0x22:  # the closing quote
+                pos += 1
+                break
+    return count
+
+
+#: Bytes of a string the scan reads in one step.
+_SCAN_STEP = 1 << 20
+#: As much of a JSON string's body as there is: plain characters and escape pairs.
+_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.S)
+
+
+def parse(
+    payload: bytes,
+    schema: dict[str, dict[str, tuple[type, ...]]],
+    *,
+    max_values: int | None = None,
+) -> dict[str, Any]:
+    """Decode one message's JSON and check it against ``schema``.
+
+    ``max_values`` refuses, before decoding, a message of more JSON values than that.
+    """
+    if max_values is not None:
+        # The raw count (strings included) is one fast pass and settles most messages.
+        rough = sum(payload.count(c) for c in _STRUCTURE)
+        if rough > max_values and count_values(payload, max_values) > max_values:
+            raise TooManyValues(
+                f"message holds more than {max_values:,} JSON values; send fewer, larger items"
+            )
     try:
         message = json.loads(payload.decode("utf-8", "surrogatepass"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:

@@ -204,3 +204,36 @@ def test_host_accepts_the_final_forms() -> None:
 def test_encoding_refuses_values_json_cannot_carry() -> None:
     with pytest.raises(ValueError):
         frames({"type": "reply", "id": 1, "result": float("nan")})
+
+
+# -- counting values before decoding ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"a": [1, 2, 3], "b": 'x,y,[z] \\" {q,,'}, 6),
+        ([[]] * 1000, 2001),  # an upper bound: each value opened, each separated
+        (["ab"] * 50, 51),
+        ({"k": "\\" * 5000 + '"inside, [still]', "n": [1, 2]}, 5),
+        ("just, a [string] {with} commas", 1),
+    ],
+)
+def test_count_values_counts_what_is_outside_strings(value: object, expected: int) -> None:
+    payload = json.dumps(value).encode()
+    counted = P.count_values(payload, 10_000)
+    assert counted == expected  # the structure only, never what strings hold
+
+
+def test_count_values_stops_past_the_limit() -> None:
+    payload = json.dumps(["ab"] * 100_000).encode()
+    assert 10 < P.count_values(payload, 10) < 100
+
+
+def test_a_message_of_too_many_values_is_refused_before_decoding() -> None:
+    many = {"type": "fatal", "message": "x", "extra": [[]] * 50}
+    with pytest.raises(P.ProtocolViolation, match="more than 20 JSON values"):
+        P.parse(json.dumps(many).encode(), P.FROM_SANDBOX, max_values=20)
+    # A long string full of commas is one value, however many commas it holds.
+    text = {"type": "fatal", "message": "a," * 10_000}
+    assert P.parse(json.dumps(text).encode(), P.FROM_SANDBOX, max_values=20)

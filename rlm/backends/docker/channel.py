@@ -6,12 +6,16 @@ message validated (:mod:`rlm_sandbox.protocol`) before anyone acts on it.
 
 from __future__ import annotations
 
+import gc
+import re
 import socket
 import ssl
 import struct
+import threading
 from typing import Any
 
 import anyio
+import anyio.to_thread
 from rlm_sandbox import protocol
 
 from rlm.backends.docker.engine import engine_address
@@ -68,7 +72,38 @@ class Channel:
                 raise ContainerGone(f"send failed: {exc}") from None
 
     async def receive(self) -> dict[str, Any]:
-        """The next message; cancelling it loses nothing already received."""
+        """The next message; cancelling it loses nothing already received.
+
+        A ``call`` too big to decode (more than :data:`MAX_VALUES` JSON values) is
+        refused here, to the runner, and the next message read: the session goes on.
+        """
+        while True:
+            while not self._ready:
+                await self._fill()
+            payload = self._ready[0]
+            try:
+                if len(payload) < _PARSE_ON_LOOP:
+                    message = _parse(payload)
+                else:
+                    # Decoding a large message takes seconds of CPU: off the event
+                    # loop, so other sessions go on. Cancelled, it is read again.
+                    message = await anyio.to_thread.run_sync(_parse_large, payload)
+            except protocol.TooManyValues as exc:
+                call = _CALL_HEAD.match(payload[:64])
+                if call is None:
+                    raise ProtocolError(str(exc)) from None
+                # The runner frames a call with its type and id first, so the id is
+                # read without decoding the rest.
+                self._ready.pop(0)
+                await self.send({"type": "refused", "id": int(call.group(1)), "message": _TOO_MANY})
+                continue
+            except protocol.ProtocolViolation as exc:
+                raise ProtocolError(str(exc)) from None
+            self._ready.pop(0)
+            return message
+
+    async def _fill(self) -> None:
+        """Read from the socket until at least one whole message has arrived."""
         while not self._ready:
             try:
                 data = self.sock.recv(1 << 20)
@@ -80,10 +115,6 @@ class Channel:
             if not data:
                 raise ContainerGone("the container closed its output")
             self._demux(data)
-        try:
-            return protocol.parse(self._ready.pop(0), protocol.FROM_SANDBOX)
-        except protocol.ProtocolViolation as exc:
-            raise ProtocolError(str(exc)) from None
 
     def _demux(self, data: bytes) -> None:
         # Docker multiplexes stdout and stderr: 8-byte header (stream, size) per chunk.
@@ -119,3 +150,43 @@ class Channel:
                     closer()
             except OSError:
                 pass
+
+
+#: Messages this large are decoded in a worker thread, not on the event loop.
+_PARSE_ON_LOOP = 1 << 20
+#: JSON values one message from a sandbox may hold: decoded, each costs the host
+#: about 50 bytes however small its text (8 million empty lists in 32 MB took 800 MB
+#: and, on the event loop, 10-17 s), while a batch of 10,000 prompts or a context of
+#: a million lines is below it.
+MAX_VALUES = 2_000_000
+
+#: The head of a call frame as the runner writes it: its type, then its id.
+_CALL_HEAD = re.compile(rb'\{"type":"call","id":(\d{1,16}),')
+_TOO_MANY = (
+    f"this request holds more than {MAX_VALUES:,} JSON values, over what one request may "
+    "hold; send fewer, larger items (join small strings, or give each call a slice)"
+)
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+
+
+def _parse(payload: bytes) -> dict[str, Any]:
+    return protocol.parse(payload, protocol.FROM_SANDBOX, max_values=MAX_VALUES)
+
+
+def _parse_large(payload: bytes) -> dict[str, Any]:
+    """:func:`_parse` with the cyclic collector paused: decoding a million small
+    containers otherwise sets off collections over the whole heap, which took
+    json.loads from 0.1 s to seconds (it holds the interpreter lock throughout)."""
+    global _gc_pauses
+    with _gc_lock:
+        _gc_pauses += 1
+        gc.disable()
+    try:
+        return _parse(payload)
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0:
+                gc.enable()
