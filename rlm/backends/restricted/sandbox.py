@@ -151,6 +151,9 @@ class RestrictedSandbox(Sandbox):
             text, names, skipped = await anyio.to_thread.run_sync(
                 snapshot.encode, namespace, max_bytes, tools
             )
+        # Restricted cells cannot name anything starting with "_": such names here
+        # are RestrictedPython's own (``_print``), never a variable the user lost.
+        skipped = {k: v for k, v in skipped.items() if not k.startswith("_")}
         return Snapshot(blob=text.encode("utf-8"), names=names, skipped=skipped)
 
     async def restore(self, blob: bytes) -> list[str]:
