@@ -42,6 +42,16 @@ def server() -> Iterator[OfflineModelServer]:
         yield srv
 
 
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """A backend name, for ``parametrize("backend", [...], indirect=True)``: Docker
+    tests get the engine and a current image first."""
+    name: str = request.param
+    if name == "docker":
+        request.getfixturevalue("docker_client")
+    return name
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     """The engine, with the sandbox image built from this checkout's runner.

@@ -21,14 +21,6 @@ POINT = {
 }
 
 
-@pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "docker":
-        request.getfixturevalue("docker_client")
-    return name
-
-
 def cell(code: str) -> str:
     return f"```repl\n{code}\n```"
 

@@ -16,15 +16,6 @@ from tests.support import ROOT_MODEL, SUB_MODEL, make_config
 BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
 
 
-@pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    """The backend a test is parametrized with (indirectly: Docker gets its image)."""
-    name: str = request.param
-    if name == "docker":
-        request.getfixturevalue("docker_client")
-    return name
-
-
 CHILD_MODEL = "root-child"
 
 

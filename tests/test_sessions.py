@@ -23,14 +23,6 @@ from tests.support import ROOT_MODEL, make_config
 BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
 
 
-@pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "docker":
-        request.getfixturevalue("docker_client")
-    return name
-
-
 def cell(code: str) -> str:
     return f"```repl\n{code}\n```"
 

@@ -17,14 +17,6 @@ BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
 CHILD_MODEL = "root-child"
 
 
-@pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "docker":
-        request.getfixturevalue("docker_client")
-    return name
-
-
 def cell(code: str) -> str:
     return f"```repl\n{code}\n```"
 

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any
 
 from rlm.bridge import SessionBridge
-from rlm.errors import SandboxError
+from rlm.errors import SandboxError, SnapshotError
 
 
 @dataclass
@@ -133,6 +133,22 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release everything; safe to call twice."""
+
+    def snapshot_text(self, blob: object) -> str:
+        """A snapshot blob as the text the sandbox's reader takes, or SnapshotError:
+        it must be bytes, within :attr:`snapshot_limit`, and UTF-8 (the host reads
+        nothing more of it)."""
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
+        if len(blob) > self.snapshot_limit:
+            raise SnapshotError(
+                f"the snapshot is {len(blob):,} bytes, over this sandbox's "
+                f"{self.snapshot_limit:,}-byte limit"
+            )
+        try:
+            return bytes(blob).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SnapshotError("this is not an rlm sandbox snapshot (not UTF-8 text)") from None
 
     async def __aenter__(self) -> Sandbox:
         await self.start()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, overload
 
+from rlm_sandbox.names import SANDBOX_NAMES
 from rlm_sandbox.tools import KINDS
 
 from rlm.errors import ConfigurationError
@@ -26,23 +27,7 @@ from rlm.tools.hints import (
 )
 
 #: Names model code already has; a tool of the same name would hide one of them.
-RESERVED_NAMES = frozenset(
-    {
-        "llm_query",
-        "llm_batch",
-        "llm_batch_iter",
-        "rlm_query",
-        "rlm_batch",
-        "rlm_batch_iter",
-        "LLMError",
-        "RLMCallError",
-        "ToolError",
-        "context",
-        "FINAL",
-        "FINAL_VAR",
-    }
-    | set(dir(builtins))
-)
+RESERVED_NAMES = SANDBOX_NAMES | {"context"} | set(dir(builtins))
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CALLS = 1000
 

@@ -252,17 +252,7 @@ class DockerSandbox(Sandbox):
         return Snapshot(blob=blob, names=list(reply["names"]), skipped=dict(reply["skipped"]))
 
     async def restore(self, blob: bytes) -> list[str]:
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
-        if len(blob) > self.snapshot_limit:
-            raise SnapshotError(
-                f"the snapshot is {len(blob):,} bytes, over this sandbox's "
-                f"{self.snapshot_limit:,}-byte limit"
-            )
-        try:
-            text = bytes(blob).decode("utf-8")
-        except UnicodeDecodeError:
-            raise SnapshotError("this is not an rlm sandbox snapshot (not UTF-8 text)") from None
+        text = self.snapshot_text(blob)
         reply = await self._snapshot_request({"type": "restore", "blob": text})
         if reply["error"] is not None:
             raise SnapshotError(f"the snapshot cannot be restored: {reply['error'][:1000]}")

@@ -159,17 +159,7 @@ class RestrictedSandbox(Sandbox):
     async def restore(self, blob: bytes) -> list[str]:
         self._started()
         assert self._lock is not None
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise TypeError(f"a snapshot is bytes, not {type(blob).__name__}")
-        if len(blob) > self.snapshot_limit:
-            raise SnapshotError(
-                f"the snapshot is {len(blob):,} bytes, over this sandbox's "
-                f"{self.snapshot_limit:,}-byte limit"
-            )
-        try:
-            text = bytes(blob).decode("utf-8")
-        except UnicodeDecodeError:
-            raise SnapshotError("this is not an rlm sandbox snapshot (not UTF-8 text)") from None
+        text = self.snapshot_text(blob)
         # This process is the sandbox here: the reader builds exact built-in types
         # only, and refuses everything else before anything is bound.
         try:
