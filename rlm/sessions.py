@@ -67,6 +67,7 @@ class RLM(Protocol):
     @property
     def pool(self) -> ContainerPool | None: ...
 
+
 #: The first bytes of every session snapshot.
 MAGIC = b"RLMSESSION1\n"
 #: Bytes of a snapshot's host header at most (its history included).

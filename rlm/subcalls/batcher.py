@@ -458,9 +458,7 @@ class Batcher:
             # runs per request, and the generator-based manager was about 2 of the
             # batcher's 10 µs a call (instant client, 100 wide). The key is the run
             # tree's, so a root and its children take one session's turn.
-            await scheduler.acquire(
-                session.tenant, session.fair_key, session.limits.max_concurrent
-            )
+            await scheduler.acquire(session.tenant, session.fair_key, session.limits.max_concurrent)
             try:
                 if session.tokens_exhausted():
                     return _BUDGET_SPENT
