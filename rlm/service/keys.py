@@ -399,7 +399,8 @@ def _help() -> str:
         "",
         "  [[tenants]]",
         '  name = "acme"',
-        '  token_sha256 = "<printf %s "$TOKEN" | sha256sum>"',
+        '  token_sha256 = "<hex SHA-256 of the tenant\'s bearer token>"',
+        '  # printf %s "$TOKEN" | sha256sum   (the token itself is never written down)',
         '  profiles = ["rlm"]',
         "  max_concurrent_runs = 4",
     ]
