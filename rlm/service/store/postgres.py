@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import psycopg
 
-from rlm.service.store import base
+import rlm.service.store.base as base
 from rlm.service.store.base import RunRecord, StoreError, UnknownRun
 
 #: Serialises schema creation between replicas starting at once (CREATE TABLE IF NOT

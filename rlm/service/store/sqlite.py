@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from rlm.service.store import base
+import rlm.service.store.base as base
 from rlm.service.store.base import RunRecord, StoreError, UnknownRun
 
 T = TypeVar("T")
@@ -124,7 +124,7 @@ class SQLiteStore:
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._enter_wal(conn)
         if str(mode).lower() != "wal":
             raise StoreError(
                 f"{self.path}: SQLite would not use WAL mode (got {mode!r}); "
@@ -134,6 +134,19 @@ class SQLiteStore:
         # loss may take the last transactions, and never corrupts the file.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> str:
+        # Switching a new file to WAL needs it to itself, and SQLite reports a
+        # concurrent opener's lock at once instead of waiting out busy_timeout: two
+        # servers starting on one new file would otherwise fail one of them.
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise StoreError(f"cannot put {self.path} in WAL mode: {exc}") from exc
+                time.sleep(0.02)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self._write(conn):
