@@ -62,6 +62,8 @@ async def test_a_created_run_reads_back_whole_and_lists_newest_first(store: Stor
     assert await store.get_run("acme", "r1") == first
     assert [r.id for r in await store.list_runs("acme")] == ["r3", "r2", "r1"]
     assert [r.id for r in await store.list_runs("acme", limit=2)] == ["r3", "r2"]
+    # SQLite would read a negative limit as none, PostgreSQL refuse it: both give none.
+    assert await store.list_runs("acme", limit=-1) == []
     assert await store.get_run("acme", "nope") is None
 
 

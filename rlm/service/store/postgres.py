@@ -175,7 +175,7 @@ class PostgresStore:
 
     async def list_runs(self, tenant: str, limit: int = 50) -> list[RunRecord]:
         async with self._conn() as conn:
-            cur = await conn.execute(base.LIST_RUNS, (tenant, limit))
+            cur = await conn.execute(base.LIST_RUNS, (tenant, max(0, limit)))
             rows = await cur.fetchall()
         return [base.record_from_row(row) for row in rows]
 
@@ -216,7 +216,7 @@ class PostgresStore:
         self, run_id: str, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, dict[str, Any]]]:
         async with self._conn() as conn:
-            cur = await conn.execute(base.READ_EVENTS, (run_id, after, limit))
+            cur = await conn.execute(base.READ_EVENTS, (run_id, after, max(0, limit)))
             rows = await cur.fetchall()
         return [(int(seq), base.decode_event(data)) for seq, data in rows]
 

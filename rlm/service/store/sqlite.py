@@ -202,7 +202,7 @@ class SQLiteStore:
 
     async def list_runs(self, tenant: str, limit: int = 50) -> list[RunRecord]:
         def list_(conn: sqlite3.Connection) -> list[RunRecord]:
-            rows = conn.execute(LIST_RUNS, (tenant, limit)).fetchall()
+            rows = conn.execute(LIST_RUNS, (tenant, max(0, limit))).fetchall()
             return [base.record_from_row(row) for row in rows]
 
         return await self._call(list_)
@@ -248,7 +248,7 @@ class SQLiteStore:
         self, run_id: str, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, dict[str, Any]]]:
         def read(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-            return conn.execute(READ_EVENTS, (run_id, after, limit)).fetchall()
+            return conn.execute(READ_EVENTS, (run_id, after, max(0, limit))).fetchall()
 
         rows = await self._call(read)
         return [(int(seq), base.decode_event(data)) for seq, data in rows]
