@@ -1,4 +1,4 @@
-"""The ``rlm`` command: run, chat, demo, exec, doctor, image build, security-check."""
+"""The ``rlm`` command: run, chat, demo, exec, doctor, image build, security-check, serve."""
 
 from __future__ import annotations
 
@@ -252,7 +252,45 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--category", action="append", help="only these categories")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=cmd_security_check)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve RLM runs to many tenants over HTTP (OpenAI-compatible)",
+        description="Serve RLM runs over HTTP: POST /v1/chat/completions (OpenAI-"
+        "compatible), /v1/runs and their events, /v1/usage, /v1/models, /healthz, "
+        "/metrics. The provider's key and URL come from OPENAI_API_KEY and "
+        "OPENAI_BASE_URL (or .env).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    serve.add_argument("-h", "--help", action=_ServeHelp, help="show this help and every key")
+    serve.add_argument("--config", required=True, metavar="FILE", help="the service's TOML file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+class _ServeHelp(argparse.Action):
+    """`rlm serve --help` lists every config key; the service's modules load only then."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from rlm.service.config import CONFIG_HELP
+
+        parser.epilog = CONFIG_HELP
+        parser.print_help()
+        parser.exit()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # The web stack and the model client load here, after main() has taken the
+    # stop signals, as for every other command.
+    from rlm.service.serve import main as serve_main
+
+    return serve_main(args)
 
 
 # -- run / demo ---------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""``rlm serve``: the service of a config file, served by uvicorn until a stop signal.
+
+On SIGTERM or SIGINT the runs in flight are cancelled first and stored as
+``interrupted`` (so the requests and event streams waiting on them end), then
+uvicorn closes its connections and the app's lifespan closes the pools (their
+containers removed), the batcher and the store. A second SIGINT forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from types import FrameType
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from rlm.service.app import build_app
+from rlm.service.config import load_config
+
+if TYPE_CHECKING:
+    import argparse
+
+    from starlette.applications import Starlette
+
+#: Seconds uvicorn waits for open requests after the runs were interrupted.
+GRACEFUL_S = 15
+
+log = logging.getLogger("rlm.service")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which interrupts the runs in flight when told to stop and
+    then exits normally (uvicorn would raise the signal again once it is done)."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        self._interrupting = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+            return
+        self.should_exit = True
+        service = getattr(self.app.state, "service", None)
+        if service is not None and not self._interrupting:
+            self._interrupting = True
+            loop = asyncio.get_event_loop()
+            loop.call_soon_threadsafe(lambda: loop.create_task(service.manager.shutdown()))
+
+
+def serve(config_path: str, host: str, port: int) -> int:
+    config = load_config(config_path)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = build_app(config)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_S,
+            server_header=False,
+            log_config=None,
+        ),
+        app,
+    )
+    # Start-up's objects live as long as the server: a full collection over them
+    # would pause every run now and then for nothing (see README).
+    gc.freeze()
+    server.run()
+    return 0 if server.started else 1
+
+
+def main(args: argparse.Namespace) -> int:
+    return serve(args.config, args.host, args.port)

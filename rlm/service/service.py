@@ -1,0 +1,139 @@
+"""Everything one replica shares across requests, built when the app starts and
+closed when it stops: the store, the tenants' authenticator and quotas, one
+batcher for every run's model calls, one warm container pool per Docker sandbox
+shape the profiles use, and the run manager."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from rlm.config import RLMConfig
+from rlm.service.metrics import Metrics
+from rlm.service.runs import RunManager
+from rlm.service.sse import keepalive_seconds
+
+if TYPE_CHECKING:
+    from rlm.backends.docker import ContainerPool, ContainerSpec
+    from rlm.core import RLM
+    from rlm.service.auth import Authenticator
+    from rlm.service.config import ServiceConfig
+    from rlm.service.quotas import Quotas
+    from rlm.service.store import Store
+    from rlm.subcalls.batcher import Batcher
+
+log = logging.getLogger("rlm.service")
+
+
+@dataclass(eq=False)
+class Service:
+    config: ServiceConfig
+    base: RLMConfig
+    store: Store
+    auth: Authenticator
+    quotas: Quotas
+    batcher: Batcher
+    manager: RunManager
+    metrics: Metrics
+    pools: dict[ContainerSpec, ContainerPool] = field(default_factory=dict)
+    keepalive_s: float = 10.0
+    started: float = field(default_factory=time.time)
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    config: ServiceConfig,
+    *,
+    base: RLMConfig | None = None,
+    store: Store | None = None,
+    on_ready: Callable[[Service], None] | None = None,
+) -> AsyncIterator[Service]:
+    """The service of ``config``, open for its whole block; on the way out every run
+    in flight is cancelled and stored as interrupted, and its sandboxes removed."""
+    from rlm.core import RLM
+    from rlm.service.auth import Authenticator
+    from rlm.service.quotas import Quotas
+    from rlm.service.store import open_store
+    from rlm.stack import model_client
+    from rlm.subcalls.batcher import Batcher
+
+    base = base if base is not None else RLMConfig.from_env()
+    store = store if store is not None else open_store(config.server.database)
+    metrics = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        await store.open()
+        stack.push_async_callback(store.close)
+        batcher = Batcher(model_client(base), max_concurrent=config.server.max_concurrent_sub_calls)
+        stack.push_async_callback(batcher.client.aclose)
+        pools = await _open_pools(config, base, stack)
+
+        def make_rlm(run_config: RLMConfig, on_event: Callable[[dict[str, Any]], None]) -> RLM:
+            pool = None
+            if run_config.backend == "docker":
+                from rlm.backends.docker import ContainerSpec
+
+                pool = pools.get(ContainerSpec.from_config(run_config))
+            return RLM(run_config, batcher=batcher, pool=pool, on_event=on_event)
+
+        quotas = Quotas(config, store.tokens_used)
+        manager = RunManager(
+            config, store, quotas, make_rlm, base=base, on_finish=metrics.run_finished
+        )
+        service = Service(
+            config=config,
+            base=base,
+            store=store,
+            auth=Authenticator(config.tenants),
+            quotas=quotas,
+            batcher=batcher,
+            manager=manager,
+            metrics=metrics,
+            pools=pools,
+            keepalive_s=keepalive_seconds(),
+        )
+        await manager.recover()
+        # Registered last, so it runs first: runs end before their pools close.
+        stack.push_async_callback(manager.shutdown)
+        if on_ready is not None:
+            on_ready(service)
+        yield service
+
+
+async def _open_pools(
+    config: ServiceConfig, base: RLMConfig, stack: contextlib.AsyncExitStack
+) -> dict[ContainerSpec, ContainerPool]:
+    """One warm pool per container shape of the Docker profiles; entering a pool
+    sweeps the containers of processes that died before removing theirs."""
+    specs = []
+    for profile in config.profiles.values():
+        if profile.backend == "docker":
+            from rlm.backends.docker import ContainerSpec
+
+            spec = ContainerSpec.from_config(profile.rlm_config(base))
+            if spec not in specs:
+                specs.append(spec)
+    pools: dict[ContainerSpec, ContainerPool] = {}
+    if not specs:
+        return pools
+    from rlm.backends.docker import ContainerPool, sweep_orphans
+
+    try:
+        await anyio.to_thread.run_sync(sweep_orphans)
+    except Exception as exc:
+        log.warning("could not sweep leftover sandbox containers: %s", exc)
+    for spec in specs:
+        try:
+            pools[spec] = await stack.enter_async_context(
+                ContainerPool(spec, size=config.server.pool_size)
+            )
+        except Exception as exc:
+            # Runs of this shape then start their containers cold (and say why
+            # they fail if the engine is really gone).
+            log.error("no warm pool for %s sandboxes: %s", spec.runtime, exc)
+    return pools
