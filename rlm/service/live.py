@@ -47,6 +47,9 @@ class EventLog:
         self._wake = asyncio.Event()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
+        # The writer and the run's end may flush at once: one batch at a time, or
+        # a batch would be written twice.
+        self._flushing = asyncio.Lock()
 
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
@@ -81,14 +84,15 @@ class EventLog:
             self._drop(queue)
 
     async def flush(self) -> None:
-        while self.unwritten:
-            batch = self.unwritten[:BATCH_EVENTS]
-            try:
-                await self.store.append_events(self.run_id, [event for _, event in batch])
-            except Exception:
-                # The run goes on without its log rather than failing for it.
-                log.exception("could not store %d event(s) of run %s", len(batch), self.run_id)
-            del self.unwritten[: len(batch)]
+        async with self._flushing:
+            while self.unwritten:
+                batch = self.unwritten[:BATCH_EVENTS]
+                try:
+                    await self.store.append_events(self.run_id, [event for _, event in batch])
+                except Exception:
+                    # The run goes on without its log rather than failing for it.
+                    log.exception("could not store %d event(s) of run %s", len(batch), self.run_id)
+                del self.unwritten[: len(batch)]
 
     async def _write_loop(self) -> None:
         while True:

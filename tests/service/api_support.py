@@ -144,6 +144,14 @@ def wait_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: 
         time.sleep(0.05)
 
 
+def wait_for_the_slow_sub_call(model_server: OfflineModelServer, timeout: float = 10) -> None:
+    """Until a "slow" run's sub-call is at the provider (its cell is running)."""
+    deadline = time.monotonic() + timeout
+    while not any("wait here" in p for p in list(model_server.stats.prompts)):
+        assert time.monotonic() < deadline, "the slow run's sub-call never came"
+        time.sleep(0.02)
+
+
 def sse_events(lines: Any) -> list[dict[str, Any]]:
     """SSE messages as dicts of their fields (comments under ":")."""
     messages: list[dict[str, Any]] = []

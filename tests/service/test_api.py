@@ -13,7 +13,14 @@ import openai
 import pytest
 
 from rlm.testing import OfflineModelServer
-from tests.service.api_support import SCRIPTS, TOKENS, Service, sse_events, wait_status
+from tests.service.api_support import (
+    SCRIPTS,
+    TOKENS,
+    Service,
+    sse_events,
+    wait_for_the_slow_sub_call,
+    wait_status,
+)
 
 CONTEXT = "first line\nthe code is 42\nlast line"
 
@@ -196,9 +203,7 @@ def test_cancel_stops_the_run_and_its_sub_calls_at_once(
 ) -> None:
     with service.client() as client:
         run_id = client.post("/v1/runs", json={"profile": "slow", "query": "Wait."}).json()["id"]
-        deadline = time.monotonic() + 10
-        while model_server.stats.in_flight == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_the_slow_sub_call(model_server)
         disconnects = model_server.stats.disconnects
         started = time.monotonic()
         r = client.delete(f"/v1/runs/{run_id}")

@@ -1,0 +1,64 @@
+"""A server stopped or killed with runs in flight: they end `interrupted`, with the
+reason, and stay readable (status and events) from the server started after it."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from rlm.testing import OfflineModelServer
+from tests.service.api_support import (
+    SCRIPTS,
+    Service,
+    sse_events,
+    wait_for_the_slow_sub_call,
+    wait_status,
+)
+
+
+def start_slow_run(service: Service, model_server: OfflineModelServer) -> str:
+    with service.client() as client:
+        run_id: str = client.post("/v1/runs", json={"profile": "slow", "query": "Wait."}).json()[
+            "id"
+        ]
+        assert wait_status(client, run_id, {"running"})["status"] == "running"
+    wait_for_the_slow_sub_call(model_server)
+    return run_id
+
+
+def read_back(service: Service, run_id: str) -> tuple[dict[str, object], list[str]]:
+    with service.client() as client:
+        run = client.get(f"/v1/runs/{run_id}").json()
+        with client.stream("GET", f"/v1/runs/{run_id}/events") as r:
+            names = [m["event"] for m in sse_events(r.iter_lines()) if "event" in m]
+    return run, names
+
+
+def test_stopped_and_killed_servers_leave_their_runs_interrupted(tmp_path: Path) -> None:
+    with OfflineModelServer(scripts=SCRIPTS) as model_server:
+        service = Service(tmp_path, model_server, str(tmp_path / "rlm.db")).start()
+        stopped = start_slow_run(service, model_server)
+        begun = time.monotonic()
+        # SIGTERM: the run is interrupted by the server itself, which then exits cleanly.
+        assert service.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - begun < 10
+        service.start()
+        run, names = read_back(service, stopped)
+        assert run["status"] == "interrupted"
+        assert run["error"] == "the server stopped while this run was in flight"
+        assert names[0] == "run_start" and "cell" in names
+
+        # SIGKILL: nothing runs at the end; the next start marks the run.
+        model_server.stats.reset()
+        killed = start_slow_run(service, model_server)
+        time.sleep(0.3)  # events are written in batches at most 0.1 s old
+        assert service.stop(signal.SIGKILL) == -signal.SIGKILL
+        service.start()
+        run, names = read_back(service, killed)
+        assert run["status"] == "interrupted"
+        assert run["error"] == "the server restarted while this run was in flight"
+        assert names and names[0] == "run_start"
+        # Finished runs are as they were.
+        assert read_back(service, stopped)[0]["status"] == "interrupted"
+        assert service.stop() == 0
