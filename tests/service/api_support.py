@@ -16,6 +16,7 @@ from typing import Any
 import httpx2 as httpx
 
 from rlm.testing import OfflineModelServer
+from tests.support import IMAGE
 
 TOKENS = {"acme": "acme-secret-token", "globex": "globex-secret-token", "tiny": "tiny-token"}
 #: Root models whose replies the tests script: "slow" waits in a sub-call (30 s
@@ -103,6 +104,7 @@ class Service:
             "OPENAI_API_KEY": "provider-secret-key",
             "OPENAI_BASE_URL": self.model_server.base_url,
             "RLM_SERVE_KEEPALIVE_S": "0.3",
+            "RLM_IMAGE": IMAGE,
         }
         command = [sys.executable, "-m", "rlm.cli", "serve", "--config", str(self.config)]
         command += ["--port", str(self.port)]
