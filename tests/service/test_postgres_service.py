@@ -1,0 +1,43 @@
+"""`rlm serve` on PostgreSQL: two replicas share one database; a run one of them
+owns is read, and followed live, from the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+
+from rlm.testing import OfflineModelServer
+from tests.service.api_support import SCRIPTS, TOKENS, Service, sse_events, wait_status
+
+
+def test_two_replicas_share_runs_through_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    with OfflineModelServer(scripts=SCRIPTS) as model_server:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first = Service(tmp_path / "a", model_server, postgres_url).start()
+        second = Service(tmp_path / "b", model_server, postgres_url).start()
+        try:
+            reply = openai.OpenAI(
+                base_url=f"{first.url}/v1", api_key=TOKENS["acme"], max_retries=0
+            ).chat.completions.create(
+                model="rlm",
+                messages=[{"role": "user", "content": "What is the code?"}],
+                extra_body={"rlm": {"context": "x\nthe code is 42\ny"}},
+            )
+            assert reply.choices[0].message.content == "42"
+            with first.client() as a, second.client() as b:
+                run_id = (reply.model_extra or {})["rlm"]["run_id"]
+                assert b.get(f"/v1/runs/{run_id}").json()["answer"] == "42"
+                # A run in flight on the first replica, followed from the second.
+                live = a.post("/v1/runs", json={"profile": "pause", "query": "Wait."}).json()["id"]
+                with b.stream("GET", f"/v1/runs/{live}/events") as r:
+                    names = [m["event"] for m in sse_events(r.iter_lines()) if "event" in m]
+                assert names[0] == "run_start" and names[-1] == "usage"
+                assert wait_status(b, live, {"succeeded"})["status"] == "succeeded"
+                assert b.get("/v1/usage").json()["tokens_today"] > 0
+                with second.client("globex") as other:
+                    assert other.get(f"/v1/runs/{live}").status_code == 404
+        finally:
+            assert first.stop() == 0
+            assert second.stop() == 0
