@@ -58,10 +58,16 @@ model = "root-pause"
 sub_model = "sub-main"
 backend = "restricted"
 
+[profiles.limited]
+model = "root-main"
+sub_model = "sub-main"
+backend = "restricted"
+max_sub_calls = 0
+
 [[tenants]]
 name = "acme"
 token_sha256 = "{sha(TOKENS["acme"])}"
-profiles = ["rlm", "slow", "pause"]
+profiles = ["rlm", "slow", "pause", "limited"]
 max_concurrent_runs = 4
 max_context_bytes = 100000
 

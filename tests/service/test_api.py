@@ -97,6 +97,29 @@ def test_streaming_chat_completion(service: Service) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
 
 
+def test_a_run_a_limit_stopped_finishes_with_length(service: Service) -> None:
+    reply = sdk(service).chat.completions.create(
+        model="limited",
+        messages=[{"role": "user", "content": "What is the code?"}],
+        extra_body={"rlm": {"context": CONTEXT}},
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert (reply.model_extra or {})["rlm"]["result"] == "limit"
+
+
+def test_a_client_that_leaves_cancels_its_chat_run(
+    service: Service, model_server: OfflineModelServer
+) -> None:
+    body = {"model": "slow", "messages": [{"role": "user", "content": "Wait."}]}
+    with service.client() as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/chat/completions", json=body, timeout=1.0)
+        run = client.get("/v1/runs").json()["data"][0]
+        assert run["profile"] == "slow"
+        run = wait_status(client, run["id"], {"cancelled", "succeeded", "failed"})
+        assert (run["status"], run["error"]) == ("cancelled", "the client disconnected")
+
+
 def test_a_stream_keeps_the_connection_alive_and_ends_with_done(service: Service) -> None:
     body = {
         "model": "pause",
@@ -114,7 +137,7 @@ def test_a_stream_keeps_the_connection_alive_and_ends_with_done(service: Service
 
 
 def test_models_lists_the_tenants_profiles(service: Service) -> None:
-    assert [m.id for m in sdk(service).models.list()] == ["rlm", "slow", "pause"]
+    assert [m.id for m in sdk(service).models.list()] == ["rlm", "slow", "pause", "limited"]
     assert [m.id for m in sdk(service, "globex").models.list()] == ["rlm"]
 
 
