@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from rlm.service.store import RunRecord, Store
 
 MAX_IDEMPOTENCY_KEY = 255
+log = logging.getLogger("rlm.service")
 
 
 def build_app(
@@ -72,6 +74,7 @@ def build_app(
         HTTPException: _http_error,
         QuotaExceeded: _quota_error,
         ShuttingDown: _shutting_down,
+        Exception: _internal_error,
     }
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
 
@@ -90,6 +93,11 @@ async def _shutting_down(request: Request, exc: Exception) -> Response:
     return error_response(
         503, "the server is shutting down; retry on another replica", "shutting_down"
     )
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal error; the server's log has the details", "internal_error")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

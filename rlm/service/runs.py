@@ -68,6 +68,7 @@ class ActiveRun:
     completion_tokens: int = 0
     live_children: int = 0
     result: RLMResult | None = None
+    finishing: bool = False
 
 
 @dataclass
@@ -177,7 +178,17 @@ class RunManager:
         run.task = asyncio.get_running_loop().create_task(
             self._run(run, config, context, _hard_deadline(config)), name=f"rlm run {stored.id}"
         )
+        run.task.add_done_callback(lambda _: self._task_ended(run))
         return stored, True
+
+    def _task_ended(self, run: ActiveRun) -> None:
+        # A task cancelled before its first step never enters _run's body, so its
+        # end would never be stored: end it here instead.
+        if not run.finishing:
+            status, reason = run.stop or ("cancelled", "the run was cancelled")
+            asyncio.get_running_loop().create_task(
+                self._finish(run, status, {"error": reason}, time.time())
+            )
 
     def _run_config(self, tenant: Tenant, profile: Profile) -> RLMConfig:
         return profile.rlm_config(self.base, tenant=tenant)
@@ -224,6 +235,7 @@ class RunManager:
     async def _finish(
         self, run: ActiveRun, status: str, fields: dict[str, Any], started: float
     ) -> None:
+        run.finishing = True
         record = run.record
         finished = time.time()
         if "usage" not in fields:
