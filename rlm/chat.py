@@ -97,8 +97,6 @@ class Chat:
         self.current = 0
         #: The reporter of the turn in flight; events arrive on the portal's thread.
         self._reporter: RunReporter | None = None
-        #: A cell of the turn in flight is running (set from the portal's thread).
-        self._cell_running = False
         self.backend_name = ""
         #: A stop signal (SIGTERM, SIGHUP) that came while a sandbox was starting or
         #: closing: the chat ends once that is done.
@@ -108,11 +106,8 @@ class Chat:
         reporter = self._reporter
         # The banner said what a turn's run_start would: the models and the backend.
         kind = event["event"]
-        if not event.get("depth"):
-            if kind == "run_start":
-                return
-            if kind in ("cell", "output"):
-                self._cell_running = kind == "cell"
+        if not event.get("depth") and kind == "run_start":
+            return
         if reporter is not None:
             reporter(event)
 
@@ -245,7 +240,7 @@ class Chat:
     def _ask(self, query: str) -> None:
         branch = self.branch
         context = self.context if branch.needs_context else None
-        self._cell_running = False
+        resets = branch.session.sandbox_resets
         with RunReporter(self.err) as reporter:
             self._reporter = reporter
             try:
@@ -253,13 +248,12 @@ class Chat:
                     lambda: branch.session.acompletion(context, query)
                 )
             except _Cancelled:
-                if self._cell_running and self.backend_name == "docker":
-                    # The container of a cell stopped mid-run is replaced (its state
-                    # is unknown), and the session's result cannot say so: no turn.
+                if branch.session.sandbox_resets != resets:
+                    # A cancelled turn has no result to say so: the sandbox does.
                     self.err.print(
-                        "[yellow]the cell was stopped mid-run, which restarts a Docker "
-                        "sandbox: variables from earlier turns are lost (the context "
-                        "is still there)[/]"
+                        "[yellow]the cell could not be stopped cleanly and its sandbox "
+                        "was restarted: variables from earlier turns are lost (the "
+                        "context is still there)[/]"
                     )
                 raise
             except Exception as exc:

@@ -204,6 +204,12 @@ class RLMSession:
         return self._closed
 
     @property
+    def sandbox_resets(self) -> int:
+        """Times this session's sandbox lost its variables so far (a restart), counted
+        even in a turn that was cancelled and so has no result to say it."""
+        return self._stack.sandbox.resets if self._stack is not None else 0
+
+    @property
     def usage(self) -> Usage:
         """Everything the session's turns used, by model and by depth."""
         total = Usage()

@@ -78,6 +78,9 @@ class Sandbox(abc.ABC):
     def __init__(self, bridge: SessionBridge, *, output_limit: int = 100_000) -> None:
         self.bridge = bridge
         self.output_limit = output_limit
+        #: Times the sandbox lost its variables (restarted, or its state replaced):
+        #: a session compares it across a turn, a cancelled one included.
+        self.resets = 0
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -588,9 +588,17 @@ async def test_close_and_cancellation_remove_the_container(
     box = DockerSandbox(make_bridge(), ColdStart(spec, docker_client=docker_client))
     await box.start()
     first = box.container_id
+    await box.execute("x = 41", 10)
     with anyio.move_on_after(1.0):  # a caller giving up (Ctrl-C) mid-cell
         await box.execute("import time\ntime.sleep(60)", 30)
-    assert first not in _ours(docker_client)
+    # The cell stopped on the interrupt: the same container, its variables kept.
+    assert (box.container_id, box.resets) == (first, 0)
+    assert (await box.execute("print(x + 1)", 10)).stdout == "42\n"
+    # A cell that will not stop leaves its container in an unknown state: replaced.
+    ignores = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    with anyio.move_on_after(1.0):
+        await box.execute(ignores, 30)
+    assert first not in _ours(docker_client) and box.resets == 1
     assert (await box.execute("print('new')", 10)).stdout == "new\n"
     await box.close()
     await box.close()

@@ -115,6 +115,8 @@ class DockerSandbox(Sandbox):
     async def _discard(self) -> None:
         box, self._box = self._box, None
         if box is not None:
+            if not self._closed:
+                self.resets += 1
             await box.remove()
 
     async def close(self) -> None:
@@ -341,9 +343,12 @@ class DockerSandbox(Sandbox):
                 duration_s=time.monotonic() - started,
                 state_lost=True,
             )
-        except BaseException:
-            # Cancelled (Ctrl-C) or an unexpected failure mid-cell: the container's
-            # state is unknown, so it must not be used again.
+        except BaseException as exc:
+            # Cancelled (Ctrl-C on a turn): stop the cell as a timeout would, and
+            # keep the container and its variables if the runner says it stopped.
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and await self._settle(box, cell):
+                raise
+            # Otherwise the container's state is unknown: it must not be used again.
             await self._discard()
             raise
         duration = time.monotonic() - started
@@ -421,6 +426,30 @@ class DockerSandbox(Sandbox):
         if failures:
             raise failures[0]
         return result, timed_out
+
+    async def _settle(self, box: SandboxContainer, cell: int) -> bool:
+        """After a cancelled cell: interrupt it and wait (shielded, at most
+        ``interrupt_grace``) for its result, refusing the sub-calls it still makes.
+        True when the runner answered, so the container can run the next cell."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.interrupt_grace):
+            try:
+                await box.channel.send({"type": "interrupt", "id": cell})
+                while True:
+                    message = await box.channel.receive()
+                    if message["type"] == "result" and message["id"] == cell:
+                        return True
+                    if message["type"] != "call":
+                        return False
+                    await box.channel.send(
+                        {
+                            "type": "refused",
+                            "id": message["id"],
+                            "message": "the cell was cancelled",
+                        }
+                    )
+            except (ContainerGone, ProtocolError):
+                return False
+        return False
 
     async def _pump(
         self,

@@ -339,6 +339,7 @@ class RestrictedSandbox(Sandbox):
             run.error = stop_message(run.stop_reason or CellTimeout)
         if self._epoch is run.epoch and not self._closed:
             self._epoch = self._new_epoch()
+            self.resets += 1
         threading.Thread(
             target=reap, args=(run,), name="rlm-restricted-reaper", daemon=True
         ).start()
