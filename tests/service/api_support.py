@@ -18,11 +18,12 @@ import httpx2 as httpx
 from rlm.testing import OfflineModelServer
 from tests.support import IMAGE
 
+SLOW_PROMPT = "[[sleep:30]] wait here"
 TOKENS = {"acme": "acme-secret-token", "globex": "globex-secret-token", "tiny": "tiny-token"}
 #: Root models whose replies the tests script: "slow" waits in a sub-call (30 s
 #: unless cancelled), "pause" waits a moment (keep-alive comments are sent meanwhile).
 SCRIPTS = {
-    "root-slow": ["```repl\nx = llm_query('[[sleep:30]] wait here')\n```", "FINAL(late)"],
+    "root-slow": [f"```repl\nx = llm_query({SLOW_PROMPT!r})\n```", "FINAL(late)"],
     "root-pause": [
         "```repl\nx = llm_query('[[sleep:1.2]] a pause')\nprint(x)\n```",
         "FINAL(after the pause)",
@@ -152,10 +153,17 @@ def wait_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: 
         time.sleep(0.05)
 
 
-def wait_for_the_slow_sub_call(model_server: OfflineModelServer, timeout: float = 10) -> None:
-    """Until a "slow" run's sub-call is at the provider (its cell is running)."""
+def slow_calls(model_server: OfflineModelServer) -> int:
+    """Sub-calls of "slow" runs the provider has seen so far."""
+    return model_server.stats.prompts[SLOW_PROMPT]
+
+
+def wait_for_the_slow_sub_call(
+    model_server: OfflineModelServer, before: int, timeout: float = 10
+) -> None:
+    """Until one more "slow" sub-call than ``before`` is at the provider (its cell runs)."""
     deadline = time.monotonic() + timeout
-    while not any("wait here" in p for p in list(model_server.stats.prompts)):
+    while slow_calls(model_server) <= before:
         assert time.monotonic() < deadline, "the slow run's sub-call never came"
         time.sleep(0.02)
 

@@ -17,6 +17,7 @@ from tests.service.api_support import (
     SCRIPTS,
     TOKENS,
     Service,
+    slow_calls,
     sse_events,
     wait_for_the_slow_sub_call,
     wait_status,
@@ -225,8 +226,9 @@ def test_cancel_stops_the_run_and_its_sub_calls_at_once(
     service: Service, model_server: OfflineModelServer
 ) -> None:
     with service.client() as client:
+        before = slow_calls(model_server)
         run_id = client.post("/v1/runs", json={"profile": "slow", "query": "Wait."}).json()["id"]
-        wait_for_the_slow_sub_call(model_server)
+        wait_for_the_slow_sub_call(model_server, before)
         disconnects = model_server.stats.disconnects
         started = time.monotonic()
         r = client.delete(f"/v1/runs/{run_id}")

@@ -11,6 +11,7 @@ from rlm.testing import OfflineModelServer
 from tests.service.api_support import (
     SCRIPTS,
     Service,
+    slow_calls,
     sse_events,
     wait_for_the_slow_sub_call,
     wait_status,
@@ -18,12 +19,13 @@ from tests.service.api_support import (
 
 
 def start_slow_run(service: Service, model_server: OfflineModelServer) -> str:
+    before = slow_calls(model_server)
     with service.client() as client:
         run_id: str = client.post("/v1/runs", json={"profile": "slow", "query": "Wait."}).json()[
             "id"
         ]
         assert wait_status(client, run_id, {"running"})["status"] == "running"
-    wait_for_the_slow_sub_call(model_server)
+    wait_for_the_slow_sub_call(model_server, before)
     return run_id
 
 
@@ -50,7 +52,6 @@ def test_stopped_and_killed_servers_leave_their_runs_interrupted(tmp_path: Path)
         assert names[0] == "run_start" and "cell" in names
 
         # SIGKILL: nothing runs at the end; the next start marks the run.
-        model_server.stats.reset()
         killed = start_slow_run(service, model_server)
         time.sleep(0.3)  # events are written in batches at most 0.1 s old
         assert service.stop(signal.SIGKILL) == -signal.SIGKILL
