@@ -19,7 +19,13 @@ from rlm.testing import OfflineModelServer
 from tests.support import IMAGE
 
 SLOW_PROMPT = "[[sleep:30]] wait here"
-TOKENS = {"acme": "acme-secret-token", "globex": "globex-secret-token", "tiny": "tiny-token"}
+TOKENS = {
+    "acme": "acme-secret-token",
+    "globex": "globex-secret-token",
+    "tiny": "tiny-token",
+    "burst": "burst-token",
+    "frugal": "frugal-token",
+}
 #: Root models whose replies the tests script: "slow" waits in a sub-call (30 s
 #: unless cancelled), "pause" waits a moment (keep-alive comments are sent meanwhile).
 SCRIPTS = {
@@ -82,6 +88,18 @@ name = "tiny"
 token_sha256 = "{sha(TOKENS["tiny"])}"
 profiles = ["slow", "rlm"]
 max_concurrent_runs = 1
+
+[[tenants]]
+name = "burst"
+token_sha256 = "{sha(TOKENS["burst"])}"
+profiles = ["rlm"]
+runs_per_minute = 1
+
+[[tenants]]
+name = "frugal"
+token_sha256 = "{sha(TOKENS["frugal"])}"
+profiles = ["rlm"]
+tokens_per_day = 1
 """
 
 

@@ -262,6 +262,22 @@ def test_concurrent_runs_over_the_quota_are_429(service: Service) -> None:
         assert wait_status(client, third.json()["id"], {"succeeded"})["status"] == "succeeded"
 
 
+def test_runs_per_minute_and_tokens_per_day_are_429_with_retry_after(service: Service) -> None:
+    query = {"profile": "rlm", "query": "What is the code?", "context": CONTEXT}
+    with service.client("burst") as client:
+        assert client.post("/v1/runs", json=query).status_code == 202
+        r = client.post("/v1/runs", json=query)
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+        assert "minute" in r.json()["error"]["message"]
+    with service.client("frugal") as client:
+        first = client.post("/v1/runs", json=query)
+        assert first.status_code == 202
+        assert wait_status(client, first.json()["id"], {"succeeded"})["status"] == "succeeded"
+        r = client.post("/v1/runs", json=query)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) <= 86_400
+        assert "token" in r.json()["error"]["message"]
+
+
 def test_malformed_and_oversized_requests(service: Service) -> None:
     with service.client("globex") as client:
         before = len(client.get("/v1/runs").json()["data"])
