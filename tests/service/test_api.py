@@ -108,6 +108,22 @@ def test_a_run_a_limit_stopped_finishes_with_length(service: Service) -> None:
     assert (reply.model_extra or {})["rlm"]["result"] == "limit"
 
 
+def test_a_streamed_run_cancelled_midway_ends_with_an_error(
+    service: Service, model_server: OfflineModelServer
+) -> None:
+    before = slow_calls(model_server)
+    stream = sdk(service).chat.completions.create(
+        model="slow", messages=[{"role": "user", "content": "Wait."}], stream=True
+    )
+    first = next(iter(stream))
+    run_id = (first.model_extra or {})["rlm"]["run_id"]
+    wait_for_the_slow_sub_call(model_server, before)
+    with service.client() as client:
+        assert client.delete(f"/v1/runs/{run_id}").status_code == 200
+    with pytest.raises(openai.APIError, match="cancelled by the client"):
+        list(stream)
+
+
 def test_a_client_that_leaves_cancels_its_chat_run(
     service: Service, model_server: OfflineModelServer
 ) -> None:
