@@ -204,12 +204,7 @@ async def cancel_run(request: Request) -> Response:
     service, record = await _owned(request)
     if record.status in TERMINAL:
         raise APIError(409, f"the run has already ended ({record.status})", "run_ended")
-    if not await service.manager.cancel(record.id):
-        raise APIError(
-            409, "the run is in flight on another replica; cancel it there", "run_elsewhere"
-        )
-    latest = await service.store.get_run(record.tenant, record.id)
-    return JSONResponse(run_json(latest or record))
+    return JSONResponse(run_json(await service.manager.cancel(record)))
 
 
 async def run_events(request: Request) -> Response:

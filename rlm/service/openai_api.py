@@ -130,7 +130,7 @@ async def chat_completions(request: Request) -> Response:
     if not waiting.done():
         # The client left: nobody will read the answer, so stop paying for it.
         waiting.cancel()
-        await service.manager.cancel(record.id, "the client disconnected")
+        await service.manager.cancel(record, "the client disconnected")
         return Response(status_code=499)
     if record.status != "succeeded":
         status, code = _FAILED.get(record.status, (500, "run_failed"))

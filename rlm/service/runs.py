@@ -43,6 +43,8 @@ STOPPED = "the server stopped while this run was in flight"
 WALL_GRACE_S = 60.0
 #: How often a reader polls the store for a run another replica owns.
 POLL_S = 0.5
+#: How often a replica looks for its runs cancelled through another replica.
+CANCEL_POLL_S = 1.0
 
 #: Makes the RLM for one run: (its config, its event callback) -> RLM.
 RLMFactory = Callable[[RLMConfig, Callable[[dict[str, Any]], None]], "RLM"]
@@ -120,6 +122,22 @@ class RunManager:
         if ids:
             log.warning("%d run(s) were in flight when the server stopped: interrupted", len(ids))
         return ids
+
+    async def watch(self) -> None:
+        """Forever: cancel the runs in flight here that a client cancelled through
+        another replica (which can only mark them in the shared store)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            for run in list(self.active.values()):
+                if run.stop is not None or run.finishing:
+                    continue
+                try:
+                    stored = await self.store.get_run(run.record.tenant, run.record.id)
+                except Exception as exc:
+                    log.warning("could not read run %s: %s", run.record.id, exc)
+                    break
+                if stored is not None and stored.status == "cancelled":
+                    self._cancel(run, "cancelled", stored.error or "cancelled by the client")
 
     async def shutdown(self, reason: str = STOPPED) -> None:
         """Cancel every run in flight, marking it interrupted; wait for them to end."""
@@ -282,14 +300,19 @@ class RunManager:
 
     # -- cancelling ----------------------------------------------------------------------
 
-    async def cancel(self, run_id: str, reason: str = "cancelled by the client") -> bool:
-        """Cancel a run this replica owns at once; False if it is not in flight here."""
-        run = self.active.get(run_id)
-        if run is None:
-            return False
-        self._cancel(run, "cancelled", reason)
-        await run.done.wait()
-        return True
+    async def cancel(self, record: RunRecord, reason: str = "cancelled by the client") -> RunRecord:
+        """Cancel a run: at once if this replica runs it; else it is marked in the
+        store, and its owner stops it within :data:`CANCEL_POLL_S` (a run whose owner
+        died stays cancelled)."""
+        run = self.active.get(record.id)
+        if run is not None:
+            self._cancel(run, "cancelled", reason)
+            await run.done.wait()
+            return run.record
+        await self.store.update_run(
+            record.id, status="cancelled", error=reason, finished_at=time.time()
+        )
+        return (await self.store.get_run(record.tenant, record.id)) or record
 
     def cancel_soon(self, run_id: str, reason: str) -> None:
         """:meth:`cancel` without waiting (from code that is itself being cancelled)."""

@@ -5,6 +5,7 @@ shape the profiles use, and the run manager."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -98,6 +99,8 @@ async def running_service(
             keepalive_s=keepalive_seconds(),
         )
         await manager.recover()
+        watcher = asyncio.get_running_loop().create_task(manager.watch())
+        stack.callback(watcher.cancel)
         # Registered last, so it runs first: runs end before their pools close.
         stack.push_async_callback(manager.shutdown)
         if on_ready is not None:

@@ -3,12 +3,21 @@ owns is read, and followed live, from the other."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import openai
 
 from rlm.testing import OfflineModelServer
-from tests.service.api_support import SCRIPTS, TOKENS, Service, sse_events, wait_status
+from tests.service.api_support import (
+    SCRIPTS,
+    TOKENS,
+    Service,
+    slow_calls,
+    sse_events,
+    wait_for_the_slow_sub_call,
+    wait_status,
+)
 
 
 def test_two_replicas_share_runs_through_postgresql(postgres_url: str, tmp_path: Path) -> None:
@@ -38,6 +47,19 @@ def test_two_replicas_share_runs_through_postgresql(postgres_url: str, tmp_path:
                 assert b.get("/v1/usage").json()["tokens_today"] > 0
                 with second.client("globex") as other:
                     assert other.get(f"/v1/runs/{live}").status_code == 404
+                # Cancelled through the replica that does not run it: the owner stops it.
+                before = slow_calls(model_server)
+                slow = a.post("/v1/runs", json={"profile": "slow", "query": "Wait."}).json()["id"]
+                wait_for_the_slow_sub_call(model_server, before)
+                disconnects = model_server.stats.disconnects
+                r = b.delete(f"/v1/runs/{slow}")
+                assert r.status_code == 200 and r.json()["status"] == "cancelled"
+                deadline = time.monotonic() + 10
+                while model_server.stats.disconnects == disconnects:
+                    assert time.monotonic() < deadline, "the owner did not stop the run"
+                    time.sleep(0.05)
+                run = a.get(f"/v1/runs/{slow}").json()
+                assert (run["status"], run["error"]) == ("cancelled", "cancelled by the client")
         finally:
             assert first.stop() == 0
             assert second.stop() == 0

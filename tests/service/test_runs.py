@@ -56,7 +56,7 @@ async def test_a_run_cancelled_before_it_starts_is_stored_cancelled(tmp_path: Pa
     try:
         record, created = await runs.submit(TENANT, PROFILE, "q", "ctx", context_bytes=3)
         assert created
-        assert await runs.cancel(record.id)
+        assert (await runs.cancel(record)).status == "cancelled"
         stored = await store.get_run("acme", record.id)
         assert stored is not None and stored.status == "cancelled"
         assert runs.quotas.active("acme") == 0
