@@ -19,6 +19,7 @@ from rlm.testing import OfflineModelServer
 from tests.support import IMAGE
 
 SLOW_PROMPT = "[[sleep:30]] wait here"
+METRICS_TOKEN = "operator-metrics-token"
 TOKENS = {
     "acme": "acme-secret-token",
     "globex": "globex-secret-token",
@@ -48,6 +49,7 @@ def config_text(database: str, *, docker: bool = False) -> str:
 database = "{database}"
 allow_unsafe_restricted = true
 max_body_bytes = 200000
+metrics_token_sha256 = "{sha(METRICS_TOKEN)}"
 pool_size = {1 if docker else 0}
 
 [profiles.rlm]

@@ -14,6 +14,7 @@ import pytest
 
 from rlm.testing import OfflineModelServer
 from tests.service.api_support import (
+    METRICS_TOKEN,
     SCRIPTS,
     TOKENS,
     Service,
@@ -347,7 +348,10 @@ def test_usage_health_metrics_and_openapi(service: Service) -> None:
         assert usage["quotas"]["concurrent_runs"]["limit"] == 4
     with httpx.Client(base_url=service.url) as anonymous:
         assert anonymous.get("/healthz").json()["status"] == "ok"
-        metrics = anonymous.get("/metrics").text
+        assert anonymous.get("/metrics").status_code == 401
+        assert anonymous.get("/metrics", headers={"Authorization": "Bearer x"}).status_code == 401
+        operator = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+        metrics = anonymous.get("/metrics", headers=operator).text
         assert 'rlm_runs{status="succeeded"}' in metrics
         assert "rlm_run_seconds_bucket" in metrics and "rlm_live_sandboxes" in metrics
         paths = anonymous.get("/openapi.json").json()["paths"]
