@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from rlm.errors import ConfigurationError
 from rlm.service import sse
 from rlm.service.http import (
     APIError,
@@ -74,6 +75,7 @@ def build_app(
         HTTPException: _http_error,
         QuotaExceeded: _quota_error,
         ShuttingDown: _shutting_down,
+        ConfigurationError: _misconfigured,
         Exception: _internal_error,
     }
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
@@ -93,6 +95,11 @@ async def _shutting_down(request: Request, exc: Exception) -> Response:
     return error_response(
         503, "the server is shutting down; retry on another replica", "shutting_down"
     )
+
+
+async def _misconfigured(request: Request, exc: Exception) -> Response:
+    # The operator's own settings, nothing secret: the client can report it.
+    return error_response(500, f"the server is misconfigured: {exc}", "server_misconfigured")
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -169,6 +169,9 @@ class RunManager:
 
         if self._stopping:
             raise ShuttingDown()
+        # Before anything is taken or stored: a profile whose settings do not make a
+        # config must not leave a run queued forever.
+        config = self._run_config(tenant, profile)
         admission = await self.quotas.admit(tenant, profile.name, context_bytes)
         try:
             record = RunRecord(
@@ -192,7 +195,6 @@ class RunManager:
         run = ActiveRun(stored, EventLog(self.store, stored.id), admission)
         self.active[stored.id] = run
         run.events.start()
-        config = self._run_config(tenant, profile)
         run.task = asyncio.get_running_loop().create_task(
             self._run(run, config, context, _hard_deadline(config)), name=f"rlm run {stored.id}"
         )
