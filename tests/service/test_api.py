@@ -12,7 +12,7 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from rlm.testing import OfflineModelServer
+from rlm.testing import Fault, OfflineModelServer
 from tests.service.api_support import (
     METRICS_TOKEN,
     SCRIPTS,
@@ -123,6 +123,24 @@ def test_a_streamed_run_cancelled_midway_ends_with_an_error(
         assert client.delete(f"/v1/runs/{run_id}").status_code == 200
     with pytest.raises(openai.APIError, match="cancelled by the client"):
         list(stream)
+
+
+def test_a_provider_failure_fails_the_run_with_a_message_not_a_traceback(
+    service: Service, model_server: OfflineModelServer
+) -> None:
+    model_server.add_fault(Fault(status=400, times=1, model="root-main"))
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk(service, "globex").chat.completions.create(
+            model="rlm", messages=[{"role": "user", "content": "What is the code?"}]
+        )
+    assert raised.value.status_code == 502
+    body = raised.value.response.json()
+    assert body["error"]["code"] == "run_failed"
+    assert "Traceback" not in body["error"]["message"]
+    assert "provider-secret-key" not in raised.value.response.text
+    with service.client("globex") as client:
+        run = client.get(f"/v1/runs/{body['rlm']['run_id']}").json()
+    assert run["status"] == "failed" and run["error"] == body["error"]["message"]
 
 
 def test_a_client_that_leaves_cancels_its_chat_run(
