@@ -382,5 +382,7 @@ def test_secrets_stay_out_of_responses_and_the_database(service: Service) -> Non
     assert "provider-secret-key" not in runs and TOKENS["acme"] not in runs
     database = b"".join(p.read_bytes() for p in service.folder.glob("rlm.db*"))
     assert database
+    log = service.log.read_bytes()
     for secret in ("provider-secret-key", *TOKENS.values()):
         assert secret.encode() not in database
+        assert secret.encode() not in log
