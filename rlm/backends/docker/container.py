@@ -179,8 +179,13 @@ class SandboxContainer:
         """True if the channel is open and the runner has sent nothing unasked."""
         if self.channel.closed:
             return False
+        sock = self.channel.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes already wait to be read
         try:
-            data = self.channel.sock.recv(1, socket.MSG_PEEK)
+            # Peek at the TCP bytes themselves: an SSLSocket (a TLS engine) refuses
+            # recv flags, and peeking below TLS takes nothing the TLS layer needs.
+            data = socket.socket.recv(sock, 1, socket.MSG_PEEK)
         except (BlockingIOError, ssl.SSLWantReadError):
             return True
         except OSError:
