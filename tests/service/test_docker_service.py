@@ -49,5 +49,12 @@ def test_runs_in_containers_and_leaves_none(docker_client: Any, tmp_path: Path) 
                 time.sleep(0.1)
         finally:
             assert service.stop(signal.SIGTERM) == 0
-        left = docker_client.containers.list(all=True, filters={"label": [LABEL, owner]})
-        assert left == []
+        # A container the server let go of may still be on its way out: the engine
+        # removes an auto-removed container once it has stopped, a moment later on a
+        # busy machine (CI saw one listed just after exit). One that stays is a leak.
+        deadline = time.monotonic() + 15
+        while left := docker_client.containers.list(all=True, filters={"label": [LABEL, owner]}):
+            if time.monotonic() > deadline:
+                states = [(c.short_id, c.status, c.labels.get("rlm.pool")) for c in left]
+                raise AssertionError(f"containers left after the server stopped: {states}")
+            time.sleep(0.2)
