@@ -78,11 +78,14 @@ async def test_max_tokens_ends_the_run_without_another_model_call() -> None:
 
 async def test_max_cost_usd_counts_the_price_of_every_model() -> None:
     prices = {ROOT_MODEL: (1000.0, 1000.0), SUB_MODEL: (1000.0, 1000.0)}
-    script = [cell("x = llm_query('hello')"), cell("y = 2"), cell("z = 3"), "FINAL(no)"]
+    script = [cell("print(llm_query('hello'))"), cell("y = 2"), cell("z = 3"), "FINAL(no)"]
     # A root reply of ~20 tokens at $1000/M costs ~$0.02: the second turn crosses $0.05.
     result = await run(script, SessionLimits(max_cost_usd=0.05), prices=prices)
     assert result.stopped == "max_cost_usd"
     assert result.cost_usd is not None and result.cost_usd >= 0.05
+    # The sub-call after the budget was spent was not made, and model code was told why.
+    output = next(e for e in result.trajectory if e["event"] == "output")
+    assert "cost budget spent" in (output["stdout"] + str(output["error"]))
     assert result.status == "limit"
 
 

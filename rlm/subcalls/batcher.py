@@ -524,13 +524,5 @@ class Batcher:
 
     @staticmethod
     def _budget_failure(session: SessionState) -> SubResult:
-        limit = session.limits.max_tokens
         session.refuse("tokens")
-        return SubResult(
-            error=(
-                f"token budget spent: this session may use {limit:,} tokens and has used "
-                f"{session.usage.total_tokens:,}; this sub-call was not made. "
-                "Answer with what you have."
-            ),
-            kind="budget",
-        )
+        return SubResult(error=session.budget_message(), kind="budget")
