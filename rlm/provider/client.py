@@ -1,10 +1,11 @@
 """The model client: chat completions against one OpenAI-compatible endpoint.
 
-One ``openai.AsyncOpenAI`` per endpoint supplies the endpoint's URL, auth and
-headers, and streams the root model's replies. Plain completions, the bulk of a
-run, are posted over :mod:`rlm.provider.transport` with those same headers: the SDK's
-per-request CPU, not the network, is what limits a wide ``llm_batch`` (measured
-there). Both paths turn failures into one :class:`ModelCallFailure` vocabulary.
+Plain completions, the bulk of a run, are posted over :mod:`rlm.provider.transport`
+with the URL, auth and headers the ``openai`` SDK would use (:func:`sdk_headers`):
+the SDK's per-request CPU, not the network, is what limits a wide ``llm_batch``
+(measured there). The SDK itself is imported only to stream the root model's
+replies: importing it costs about 0.6 s, most of what starting ``rlm`` used to
+cost. Both paths turn failures into one :class:`ModelCallFailure` vocabulary.
 
 The client does no retrying of its own (the SDK's is turned off): the batcher owns
 retries, backoff and Retry-After for sub-calls, and the root loop for root calls, so
@@ -14,13 +15,14 @@ that every retry is counted and bounded in one place.
 from __future__ import annotations
 
 import json
+import os
+import platform
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-import openai
-
 if TYPE_CHECKING:
+    import openai
     from openai.types.chat import ChatCompletionMessageParam
 
 from rlm.errors import ConfigurationError, ModelCallError
@@ -131,6 +133,8 @@ def _timed_out(model: str) -> ModelCallFailure:
 
 def classify(exc: BaseException, model: str) -> ModelCallFailure:
     """Turn an SDK exception into a ModelCallFailure with a message that says what to do."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return _timed_out(model)
     if isinstance(exc, openai.APIConnectionError):
@@ -157,6 +161,56 @@ def _chat_result(payload: Any, model: str) -> ChatResult:
     return ChatResult(text, prompt_tokens, completion_tokens)
 
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_ARCH = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def _sdk_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openai")
+    except PackageNotFoundError:  # pragma: no cover - openai is a dependency
+        return "unknown"
+
+
+def sdk_base_url(base_url: str | None) -> str:
+    """The endpoint the SDK would call: the argument, ``OPENAI_BASE_URL``, or OpenAI's."""
+    return base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+
+
+def sdk_headers(api_key: str) -> dict[str, str]:
+    """The headers ``openai.AsyncOpenAI`` sends with a request, without importing it.
+
+    Its ``default_headers`` and ``auth_headers``: the key, the organization and project
+    from the environment when set, and the ``User-Agent`` and ``X-Stainless-*`` lines
+    that say the request comes from the SDK (tests compare them with the SDK's own).
+    """
+    version = _sdk_version()
+    machine = platform.machine().lower()
+    headers = {
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": f"AsyncOpenAI/Python {version}",
+        "X-Stainless-Lang": "python",
+        "X-Stainless-Package-Version": version,
+        "X-Stainless-OS": platform.system() or "Unknown",
+        "X-Stainless-Arch": _ARCH.get(machine, f"other:{machine}" if machine else "unknown"),
+        "X-Stainless-Runtime": platform.python_implementation(),
+        "X-Stainless-Runtime-Version": platform.python_version(),
+        "X-Stainless-Async": "async:asyncio",
+    }
+    organization = os.environ.get("OPENAI_ORG_ID")
+    project = os.environ.get("OPENAI_PROJECT_ID")
+    if organization:
+        headers["OpenAI-Organization"] = organization
+    if project:
+        headers["OpenAI-Project"] = project
+    headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 class ModelClient:
     """Chat completions against one OpenAI-compatible endpoint.
 
@@ -179,14 +233,12 @@ class ModelClient:
             )
         self.base_url = base_url
         self.timeout = timeout
-        self._sdk = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
-        )
-        headers = {**self._sdk.default_headers, **self._sdk.auth_headers}
-        self._completions_url = f"{str(self._sdk.base_url).rstrip('/')}/chat/completions"
+        self._api_key = api_key
+        # The SDK, for streaming only, made on first use.
+        self._sdk: openai.AsyncOpenAI | None = None
+        self._completions_url = f"{sdk_base_url(base_url).rstrip('/')}/chat/completions"
         self._http = HTTPPool(
-            # Unset optional headers (organization, project) are the SDK's Omit markers.
-            headers={k: v for k, v in headers.items() if isinstance(v, str)},
+            headers=sdk_headers(api_key),
             # The environment's proxy, as the SDK's own client would use.
             proxy=environment_proxy(self._completions_url),
         )
@@ -234,6 +286,15 @@ class ModelClient:
         **params: Any,
     ) -> AsyncIterator[str | ChatResult]:
         """Stream a completion: text deltas as they arrive, then the whole ChatResult."""
+        import openai
+
+        if self._sdk is None:
+            self._sdk = openai.AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=sdk_base_url(self.base_url),
+                timeout=self.timeout,
+                max_retries=0,
+            )
         try:
             stream = await self._sdk.chat.completions.create(
                 model=model,
@@ -263,4 +324,5 @@ class ModelClient:
         try:
             await self._http.aclose()
         finally:
-            await self._sdk.close()
+            if self._sdk is not None:
+                await self._sdk.close()
