@@ -1,4 +1,4 @@
-"""The ``rlm`` command: run, chat, demo, exec, doctor, image build, security-check, serve."""
+"""The ``rlm`` command: run, chat, demo, exec, doctor, image, security-check, serve, view."""
 
 from __future__ import annotations
 
@@ -268,7 +268,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.set_defaults(handler=cmd_serve)
+
+    view = commands.add_parser("view", help="see a trajectory file in the browser, live")
+    view.add_argument("trajectory", metavar="TRAJECTORY.jsonl")
+    view.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any)")
+    view.set_defaults(handler=cmd_view)
     return parser
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from rlm.viewer.server import serve_file
+
+    return serve_file(args.trajectory, args.port)
 
 
 class _ServeHelp(argparse.Action):
