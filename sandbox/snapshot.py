@@ -447,7 +447,8 @@ class _Reader:
             if type(arg) is not int or not 0 <= arg < len(self.entries):
                 raise SnapshotInvalid("a reference of the snapshot points nowhere")
         elif tag == "f":
-            if arg not in _SPECIAL_FLOATS:
+            # A str first: a list or dict here is unhashable, and `in` would raise.
+            if type(arg) is not str or arg not in _SPECIAL_FLOATS:
                 raise SnapshotInvalid("a float of the snapshot is malformed")
         elif tag in ("i", "b"):
             if type(arg) is not str:
