@@ -36,6 +36,7 @@ from rlm.service.openapi import OPENAPI
 from rlm.service.quotas import QuotaExceeded
 from rlm.service.runs import TERMINAL, ShuttingDown
 from rlm.service.service import Service, running_service
+from rlm.viewer.service_routes import viewer_routes
 
 if TYPE_CHECKING:
     from rlm.config import RLMConfig
@@ -69,6 +70,7 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *viewer_routes(),  # /view/: the trajectory viewer for the caller's runs
     ]
     handlers: dict[Any, Any] = {
         APIError: _api_error,
