@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install.sh
 bash scripts/setup-docker.sh
+bash scripts/setup-browser.sh  # chromium + chromium-driver for tests/viewer/
 # The service's PostgreSQL tests: a throwaway cluster on loopback for this run (the
 # package is installed from Debian's if missing), unless one is given.
 if [ -z "${RLM_TEST_POSTGRES_URL:-}" ]; then
