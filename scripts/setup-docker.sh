@@ -60,7 +60,10 @@ except json.JSONDecodeError as exc:
     sys.exit(f"{path} is not valid JSON ({exc}); fix it by hand and rerun")
 if not isinstance(config, dict):
     sys.exit(f"{path} must hold a JSON object; fix it by hand and rerun")
-want = {"path": runsc, "runtimeArgs": ["--network=none"]}
+# --network=none: runsc under Docker needs it on this kernel. --oci-seccomp: without
+# it runsc does not apply the container's seccomp profile inside the sandbox
+# (/proc/self/status says "Seccomp: 0" there); rlm's own profile works under it.
+want = {"path": runsc, "runtimeArgs": ["--network=none", "--oci-seccomp"]}
 runtimes = config.setdefault("runtimes", {})
 if runtimes.get("runsc") == want:
     print("unchanged")
@@ -80,9 +83,16 @@ engine_up() { docker info >/dev/null 2>&1; }
 
 if engine_up; then
     if [ "$merge_out" = changed ] && [ -z "${DOCKER_HOST:-}" ] && [ -f /var/run/docker.pid ]; then
-        say "reloading dockerd so it sees the runsc runtime"
+        # SIGHUP makes dockerd re-read daemon.json, runtimes included; containers
+        # already running keep going. Wait until `docker info` shows the new args.
+        say "reloading dockerd so it sees the runsc runtime with --oci-seccomp"
         "${SUDO[@]}" kill -HUP "$(cat /var/run/docker.pid)"
-        sleep 1
+        for _ in $(seq 1 20); do
+            docker info --format '{{json .Runtimes.runsc}}' 2>/dev/null | grep -q -- '--oci-seccomp' && break
+            sleep 0.5
+        done
+    elif [ "$merge_out" = changed ]; then
+        say "WARNING: $daemon_json changed but this engine was not reloaded; restart dockerd"
     fi
 else
     [ -z "${DOCKER_HOST:-}" ] || die "DOCKER_HOST=$DOCKER_HOST is set but that engine does not answer"
@@ -98,6 +108,8 @@ fi
 say "engine: $(docker version --format '{{.Server.Version}}') ($(docker info --format '{{.Driver}}'))"
 docker info --format '{{json .Runtimes}}' | grep -q '"runsc"' \
     || die "dockerd does not list the runsc runtime; check $daemon_json and restart dockerd"
+docker info --format '{{json .Runtimes.runsc}}' | grep -q -- '--oci-seccomp' \
+    || die "the engine's runsc runtime lacks --oci-seccomp (no seccomp filter inside gVisor); check $daemon_json and restart dockerd"
 
 # --- image ----------------------------------------------------------------------
 slim=python:3.12-slim

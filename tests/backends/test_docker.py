@@ -32,6 +32,7 @@ from rlm.backends.docker import (
     launch,
     unavailable_reason,
 )
+from rlm.backends.docker.container import seccomp_profile
 from rlm.config import RLMConfig
 from rlm.errors import ProtocolError, VariableNotFound
 from rlm.session import SessionLimits
@@ -182,7 +183,7 @@ def test_container_is_created_hardened(facts: dict[str, Any]) -> None:
     assert host["CapDrop"] == ["ALL"]
     assert not host.get("CapAdd")
     assert "no-new-privileges:true" in host["SecurityOpt"]
-    assert not any("seccomp" in opt for opt in host["SecurityOpt"])  # the default profile
+    assert f"seccomp={seccomp_profile()}" in host["SecurityOpt"]  # rlm's allow-list
     assert host["Privileged"] is False
     assert host["PidsLimit"] == 128
     assert host["Memory"] == 2 * 1024**3

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from rlm.backends.docker import ContainerSpec, launch
+from rlm.backends.docker.container import seccomp_profile
 from tests.support import IMAGE
 
 #: Variables the image itself sets; the host adds none.
@@ -33,4 +34,5 @@ def test_the_remaining_flags_are_set(runtime: str, docker_client: Any) -> None:
     assert config["Hostname"] == "sandbox"
     assert config["WorkingDir"] == "/tmp"
     assert {e.partition("=")[0] for e in config["Env"]} <= IMAGE_ENV
-    assert host["SecurityOpt"] == ["no-new-privileges:true"]  # and so the default seccomp
+    # rlm's own seccomp allow-list, not the engine's default profile.
+    assert host["SecurityOpt"] == ["no-new-privileges:true", f"seccomp={seccomp_profile()}"]

@@ -1,8 +1,9 @@
 """Sandbox containers: how they are made, started, handed over and removed.
 
 The container has no network, a read-only root, a small size-capped tmpfs at /tmp,
-no capabilities, no-new-privileges, a non-root user, pids/memory/CPU limits, the
-default seccomp profile and an empty environment. The host talks to the runner
+no capabilities, no-new-privileges, a non-root user, pids/memory/CPU limits, rlm's
+own seccomp allow-list (``seccomp.json``, tighter than Docker's default) and an empty
+environment. The host talks to the runner
 (``rlm_sandbox``) over the container process's own stdin/stdout through Docker's
 attach socket, so the same code works with runc, with gVisor (runsc) and with a
 remote engine (``DOCKER_HOST=tcp://...``).
@@ -10,7 +11,10 @@ remote engine (``DOCKER_HOST=tcp://...``).
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import itertools
+import json
 import logging
 import os
 import socket
@@ -53,6 +57,20 @@ _DETACH_KEYS = "ctrl-^,ctrl-_"
 _HANDSHAKE_TIMEOUT = 60.0
 _REMOVAL_WAIT = 30
 
+#: ``ContainerSpec.seccomp`` values: rlm's allow-list, or the engine's default profile.
+SECCOMP_PROFILES = ("rlm", "default")
+
+
+@functools.cache
+def seccomp_profile() -> str:
+    """rlm's seccomp profile (package data ``seccomp.json``) as compact JSON.
+
+    An allow-list of what the runner and Python's standard library use; everything
+    else fails with EPERM. It is what ``security_opt`` carries to the engine.
+    """
+    text = importlib.resources.files("rlm.backends.docker").joinpath("seccomp.json").read_text()
+    return json.dumps(json.loads(text), separators=(",", ":"))
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -67,6 +85,13 @@ class ContainerSpec:
     pids: int = 128
     cpus: float = DEFAULT_CPUS
     tmpfs_size: str = "64m"
+    #: ``"rlm"``: the allow-list shipped in the package (:func:`seccomp_profile`);
+    #: ``"default"``: the engine's own default profile (for comparisons only).
+    seccomp: str = "rlm"
+
+    def __post_init__(self) -> None:
+        if self.seccomp not in SECCOMP_PROFILES:
+            raise ValueError(f"seccomp must be one of {SECCOMP_PROFILES}, not {self.seccomp!r}")
 
     @classmethod
     def from_config(cls, config: RLMConfig) -> ContainerSpec:
@@ -77,6 +102,13 @@ class ContainerSpec:
             memory=config.docker_memory,
             cpus=config.docker_cpus,
         )
+
+    def security_opt(self) -> list[str]:
+        """``no-new-privileges`` and, unless ``seccomp="default"``, rlm's profile."""
+        opts = ["no-new-privileges:true"]
+        if self.seccomp == "rlm":
+            opts.append(f"seccomp={seccomp_profile()}")
+        return opts
 
     def create_kwargs(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
         from docker.types import LogConfig, Ulimit
@@ -99,7 +131,7 @@ class ContainerSpec:
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={self.tmpfs_size},mode=1777"},
             "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
+            "security_opt": self.security_opt(),
             "user": SANDBOX_UID,
             "working_dir": "/tmp",
             "pids_limit": self.pids,
