@@ -38,7 +38,20 @@ def run_suite(
         targets=reports,
         unavailable=list(unavailable or []),
         unavailable_is_failure=unavailable_is_failure,
+        posture=posture_problems(targets),
     )
+
+
+def posture_problems(targets: list[Target]) -> list[str]:
+    """What is wrong with the engine's runtimes that the Docker ``targets`` use (a
+    gVisor runtime registered without ``--oci-seccomp`` runs sandboxes with no
+    seccomp filter): the corpus may be contained, but the posture is not."""
+    runtimes = {t.runtime for t in targets if t.kind == "docker" and t.runtime}
+    if not runtimes:
+        return []
+    from rlm.backends.docker.checks import engine_runtime_problems
+
+    return engine_runtime_problems(only=runtimes)
 
 
 def run_security_check(

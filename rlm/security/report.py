@@ -88,6 +88,9 @@ class SuiteReport:
     unavailable: list[tuple[str, str]] = field(default_factory=list)
     #: Backends explicitly asked for that cannot run count as a failure of the check.
     unavailable_is_failure: bool = False
+    #: What is wrong with the engine's set-up for the targets attacked (a gVisor
+    #: runtime without ``--oci-seccomp``): each fails the check.
+    posture: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[PayloadResult]:
@@ -99,7 +102,7 @@ class SuiteReport:
             return False
         if self.unavailable_is_failure and self.unavailable:
             return False
-        return not self.failures
+        return not self.failures and not self.posture
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class SuiteReport:
             "failed": len(self.failures),
             "targets": [t.to_dict() for t in self.targets],
             "unavailable": [{"backend": n, "reason": r} for n, r in self.unavailable],
+            "posture": list(self.posture),
         }
 
     def render(self, console: Console) -> None:
@@ -133,6 +137,8 @@ class SuiteReport:
         for name, reason in self.unavailable:
             style = "red" if self.unavailable_is_failure else "yellow"
             console.print(f"[{style}]{name}: not run: {reason}[/{style}]")
+        for problem in self.posture:
+            console.print(f"[red]engine set-up: {problem}[/red]", highlight=False)
         if self.failures:
             detail = Table(title="failures", show_lines=True)
             for column in ("backend", "payload", "problems", "evidence"):

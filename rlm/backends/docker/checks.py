@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -57,6 +58,49 @@ def unavailable_reason(config: RLMConfig) -> str | None:
     return None
 
 
+def runtime_problems(runtimes: dict[str, Any]) -> list[str]:
+    """What is wrong with the engine's runtimes (``docker info``'s ``Runtimes``) for
+    sandboxes: a gVisor runtime registered without ``--oci-seccomp`` runs the
+    sandbox with no seccomp filter at all (``Seccomp: 0`` inside)."""
+    problems = []
+    for name, entry in sorted(runtimes.items()):
+        entry = entry if isinstance(entry, dict) else {}
+        path = str(entry.get("path") or "")
+        if name != "runsc" and os.path.basename(path) != "runsc":
+            continue
+        args = [str(a) for a in entry.get("runtimeArgs") or []]
+        if not any(a in ("--oci-seccomp", "--oci-seccomp=true") for a in args):
+            problems.append(
+                f"runtime {name!r} (gVisor) is registered without --oci-seccomp, so its "
+                "sandboxes run with no seccomp filter; add it to the runtime's runtimeArgs "
+                "in /etc/docker/daemon.json and reload dockerd (scripts/setup-docker.sh does)"
+            )
+    return problems
+
+
+def engine_runtime_problems(
+    only: Collection[str] | None = None, client: DockerClient | None = None
+) -> list[str]:
+    """:func:`runtime_problems` of the engine of the environment (or ``client``'s),
+    for the runtimes named in ``only`` (all if None); an engine that cannot be asked
+    has no problems to report here (the checks that need it say so)."""
+    own = client is None
+    try:
+        client = connect(client)
+    except Exception:
+        return []
+    try:
+        runtimes = dict(client.info().get("Runtimes") or {})
+        if only is not None:
+            runtimes = {k: v for k, v in runtimes.items() if k in only}
+        return runtime_problems(runtimes)
+    except Exception:
+        return []
+    finally:
+        if own:
+            client.close()
+
+
 def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
     """``(check, ok, detail or what to do)`` for engine, image, runc and gVisor."""
     from rlm.image import image_status
@@ -91,7 +135,14 @@ def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
                         (label, False, "not registered with Docker; run scripts/setup-docker.sh")
                     )
                     continue
-                checks.append((label, *_smoke_test(client, config.image, runtime)))
+                problems = runtime_problems({runtime: runtimes[runtime]})
+                if problems:
+                    checks.append((label, False, problems[0]))
+                    continue
+                ok, detail = _smoke_test(client, config.image, runtime)
+                if ok and runtime == "runsc":
+                    detail += "; seccomp applied inside gVisor (--oci-seccomp)"
+                checks.append((label, ok, detail))
     finally:
         client.close()
     return checks
