@@ -148,3 +148,127 @@ def test_a_depth_two_child_is_nested_under_the_cell_that_started_it(
         wait_for(lambda: len(labels()) == 3, 5, "the timeline's rows")
         assert labels() == ["time", f"run {result.session_id}", f"child {child_id}"]
         assert css(browser, ".tl-bar.tl-child")
+
+
+HOSTILE = [
+    "<script>window.pwned = 'script'</script>",
+    "<img src=x onerror=\"window.pwned = 'img'\">",
+    '"><svg onload="window.pwned = \'svg\'"></svg>',
+    "<iframe src=\"javascript:window.parent.pwned = 'iframe'\"></iframe>",
+]
+
+
+def hostile(n: int) -> str:
+    return f"payload {n}: {HOSTILE[n % len(HOSTILE)]}"
+
+
+def hostile_trajectory(path: Path) -> None:
+    run = "r00t"
+    child = "ch1ld"
+    events = [
+        event("run_start", 0.0, run, query=hostile(0), model=hostile(1), backend=hostile(2),
+              context=hostile(3), sub_model="sub", max_depth=2),
+        *iteration(1, 0.1, hostile(4), hostile(5), run=run, reply=hostile(6)),
+        event("cell", 0.11, run, iteration=1, code="x = 1"),
+        event("output", 0.2, run, iteration=1, stdout="", stderr=hostile(7), error=hostile(8),
+              timed_out=True, duration_s=1.0, state_lost=False, truncated=False),
+        event("batch_start", 0.15, run, batch=1, model=hostile(9), size=2, unique=2,
+              max_concurrent=2),
+        event("batch_end", 0.18, run, batch=1, model=hostile(9), size=2, done=2, failures=1,
+              retries=0, cache_hits=0, dedup_hits=0, prompt_tokens=1, completion_tokens=1,
+              cancelled=False, seconds=0.03),
+        event("tool_call", 0.18, run, name=hostile(10)),
+        event("tool_end", 0.19, run, name=hostile(10), ok=False, error=hostile(11), seconds=0.01),
+        event("child_start", 0.19, run, child_id=child, model=hostile(12), prompt=hostile(13),
+              context=hostile(14)),
+        *iteration(1, 0.2, hostile(15), hostile(16), run=child, parent=run),
+        event("child_end", 0.3, run, child_id=child, status="failed", stopped=None,
+              answer=hostile(17), error=hostile(18), failure="provider", seconds=0.1, usage=None),
+        event("limit_reached", 0.4, run, limit=hostile(19), iteration=1),
+        event(hostile(20), 0.5, run, detail=hostile(21)),
+        event("final", 0.6, run, answer=hostile(22), forced=False, status="limit", limits={},
+              stopped=hostile(23)),
+        event("usage", 0.6, run, sub_calls=1, total_tokens=2, cost_usd=None,
+              by_model={hostile(24): {"calls": 1}}, by_depth={"0": {hostile(24): {"calls": 1}}}),
+    ]  # fmt: skip
+    write_events(path, events)
+    with path.open("a") as file:
+        file.write(hostile(25) + "\n")  # not even JSON
+
+
+def test_a_hostile_trajectory_is_shown_as_text_and_never_run(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    path = tmp_path / "hostile.jsonl"
+    hostile_trajectory(path)
+    with viewer(path) as url:
+        browser.get(url)
+        wait_for(lambda: loaded(browser), 10, "the page to load the file")
+        wait_for(lambda: css(browser, ".tl-bar"), 5, "the timeline")
+        time.sleep(0.5)  # time for an onerror or onload to fire, were there one
+        assert browser.execute_script("return window.pwned") is None
+        smuggled = "#app img, #app script, #app svg, #app iframe, #app [onerror], #app [onload]"
+        assert browser.execute_script(f"return document.querySelectorAll('{smuggled}').length") == 0
+        shown = text_of(browser)
+        missing = [n for n in range(26) if n != 25 and hostile(n) not in shown]
+        assert missing == [], missing
+        assert "line 20 is unreadable: not JSON" in shown  # the line that is not JSON, named
+        final = css(browser, "section.run[data-depth='0'] > .run-footer .final")[0]
+        assert final.find_element("css selector", ".answer").text.strip() == hostile(22)
+        # What ended the run badly stands out.
+        assert hostile(19) in text_of(browser, ".run-trouble") or "limit" in text_of(
+            browser, ".run-trouble"
+        )
+        assert "bad" in (final.get_attribute("class") or "")
+        # And the policy had nothing to block: no script ever tried to run.
+        logs = [e["message"] for e in browser.get_log("browser")]
+        assert not [m for m in logs if "Content Security Policy" in m or "pwned" in m], logs
+
+
+def test_a_100_megabyte_trajectory_opens_without_freezing_the_page(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.jsonl"
+    output = "".join(f"row {i:05d} " + "x" * 56 + "\n" for i in range(1060))  # ~68 KB
+    with path.open("w") as file:
+        write_events(path, [event("run_start", 0.0, query="a long run", model="root-m")])
+        for n in range(1, 1501):
+            for e in iteration(n, n * 0.1, f"print(rows[{n}])", output):
+                file.write(json.dumps(e) + "\n")
+        file.write(json.dumps(event("final", 150.2, answer="done", status="answered")) + "\n")
+    assert path.stat().st_size > 100_000_000
+    # A timer in the page from its first moment: a frozen page stops it ticking.
+    ticker = browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.gaps = []; let last = performance.now();"
+            "setInterval(() => { const now = performance.now();"
+            " window.gaps.push(now - last); last = now; }, 25);"
+        },
+    )
+    try:
+        with viewer(path) as url:
+            started = time.monotonic()
+            browser.get(url)
+            wait_for(lambda: css(browser, ".iteration[data-iteration='1'] .output"), 10, "it 1")
+            first = time.monotonic() - started
+            wait_for(lambda: loaded(browser), 60, "the whole file")
+            whole = time.monotonic() - started
+            gaps = browser.execute_script("return window.gaps")
+            assert first < 5, first
+            assert max(gaps) < 1000, max(gaps)  # the page kept ticking: never frozen
+            assert len(gaps) > whole * 10  # and the timer did run all along
+            # The page holds previews: iteration 1's output is folded, the rest on demand.
+            out = css(browser, ".iteration[data-iteration='1'] .output")[0]
+            assert len(out.text) < 5000
+            out.find_element("css selector", "button.more").click()
+            wait_for(lambda: "row 01059" in out.text, 10, "the whole output")
+            # Iterations are drawn a hundred at a time.
+            assert len(css(browser, ".iteration")) == 100
+            more = css(browser, "button.more-iterations")[0]
+            assert "of 1,400 iterations" in more.text
+            more.click()
+            wait_for(lambda: len(css(browser, ".iteration")) == 200, 5, "more iterations")
+            assert css(browser, ".final .answer")[0].text.strip() == "done"
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", ticker)

@@ -25,6 +25,15 @@ export class TreeView {
     this.model.dirty.clear();
     for (const thing of dirty) if (thing instanceof Run) this.drawRun(thing);
     for (const thing of dirty) if (thing instanceof Iteration) this.drawIteration(thing);
+    const bad = this.model.unreadable;
+    if (bad.length && bad.length !== this.unreadableShown) {
+      // Lines that are no event: named at the top, the first few quoted.
+      this.unreadableShown = bad.length;
+      this.unreadable ??= this.container.insertBefore(el("div", "alert unreadable"), this.container.firstChild);
+      clear(this.unreadable);
+      add(this.unreadable, el("div", null, `${count(bad.length)} line(s) could not be read`));
+      for (const e of bad.slice(0, 5)) add(this.unreadable, el("div", "note", noteText(e)));
+    }
   }
 
   // -- runs -----------------------------------------------------------------------
@@ -290,7 +299,10 @@ function noteText(e) {
     default: {
       const rest = { ...e };
       for (const k of ["event", "run_id", "parent_id", "depth", "session", "seq", "t"]) delete rest[k];
-      return `${e.event}: ${JSON.stringify(rest)}`;
+      const fields = Object.entries(rest).map(
+        ([k, v]) => `${k} ${typeof v === "string" ? v : JSON.stringify(v)}`,
+      );
+      return `${e.event}: ${fields.join(" · ")}`;
     }
   }
 }
