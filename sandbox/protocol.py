@@ -241,13 +241,17 @@ def parse(
     """
     if max_values is not None:
         # The raw count (strings included) is one fast pass and settles most messages.
-        rough = sum(payload.count(c) for c in _STRUCTURE)
+        rough = 1 + sum(payload.count(c) for c in _STRUCTURE)  # as count_values counts
         if rough > max_values and count_values(payload, max_values) > max_values:
             raise TooManyValues(
                 f"message holds more than {max_values:,} JSON values; send fewer, larger items"
             )
     try:
-        message = json.loads(payload.decode("utf-8", "surrogatepass"), parse_constant=_no_constant)
+        message = json.loads(
+            payload.decode("utf-8", "surrogatepass"),
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolViolation(f"frame is not valid JSON ({str(exc)[:100]})") from None
     except RecursionError:
@@ -257,6 +261,15 @@ def parse(
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e999 is valid JSON text but an infinity in Python, which encode() (and any
+    # JSON the host writes later, e.g. a service's response) refuses.
+    value = float(text)
+    if value - value != 0.0:
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def validate(message: object, schema: dict[str, dict[str, tuple[type, ...]]]) -> dict[str, Any]:
