@@ -90,7 +90,7 @@ class Channel:
                     message = await anyio.to_thread.run_sync(_parse_large, payload)
             except protocol.TooManyValues as exc:
                 call = _CALL_HEAD.match(payload[:64])
-                if call is None:
+                if call is None or int(call.group(1)) > protocol.MAX_ID:
                     raise ProtocolError(str(exc)) from None
                 # The runner frames a call with its type and id first, so the id is
                 # read without decoding the rest.
@@ -161,7 +161,7 @@ _PARSE_ON_LOOP = 1 << 20
 MAX_VALUES = 2_000_000
 
 #: The head of a call frame as the runner writes it: its type, then its id.
-_CALL_HEAD = re.compile(rb'\{"type":"call","id":(\d{1,16}),')
+_CALL_HEAD = re.compile(rb'\{"type":"call","id":(0|[1-9]\d{0,15}),')
 _TOO_MANY = (
     f"this request holds more than {MAX_VALUES:,} JSON values, over what one request may "
     "hold; send fewer, larger items (join small strings, or give each call a slice)"
