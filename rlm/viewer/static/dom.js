@@ -1,6 +1,6 @@
 // DOM helpers and a small Python highlighter. Everything a trajectory holds is
 // written by a model and may be hostile: it only ever becomes text nodes
-// (textContent, createTextNode), never markup. Nothing here uses innerHTML.
+// (textContent, createTextNode), never markup: nothing here parses HTML.
 
 export function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -104,14 +104,14 @@ export function highlight(code) {
 const FOLD_LINES = 16;
 const FOLD_CHARS = 1500;
 
-export function folded(cls, text, { total = null, full = null, code = false } = {}) {
+export function folded(cls, text, { total = null, full = null, code = false, fold = FOLD_LINES } = {}) {
   const box = el("div", `folded ${cls}`);
   const whole = total === null;
   const lines = text.split("\n");
-  const long = !whole || lines.length > FOLD_LINES || text.length > FOLD_CHARS;
+  const long = !whole || lines.length > fold + 2 || text.length > FOLD_CHARS;
   const render = (value) => (code ? highlight(value) : el("pre", "text", value));
   if (!long) return add(box, render(text));
-  let head = lines.slice(0, FOLD_LINES).join("\n");
+  let head = lines.slice(0, fold).join("\n");
   if (head.length > FOLD_CHARS) head = head.slice(0, FOLD_CHARS);
   const size = whole ? text.length : total;
   const shown = render(head + "\n…");

@@ -184,7 +184,8 @@ export class TreeView {
     view.built = true;
     const body = clear(view.body);
     if (it.reply) {
-      add(body, el("div", "label", "model reply"), this.text("reply", it.reply, "text"));
+      // The reply's code is the cell's below: a few lines of it say enough.
+      add(body, el("div", "label", "model reply"), this.text("reply", it.reply, "text", false, 6));
     }
     for (const cell of it.cells) add(body, this.cell(cell));
     for (const note of it.notes) add(body, this.note(note));
@@ -253,11 +254,11 @@ export class TreeView {
 
   // A text field of an event, folded when long; a field the server cut is fetched
   // whole when the user asks for it.
-  text(cls, event, field, code = false) {
+  text(cls, event, field, code = false, fold = undefined) {
     const value = String(event[field] ?? "");
     const total = event.cut?.[field] ?? null;
     const full = () => this.source.field(event.seq, field);
-    return folded(cls, value, { total, full, code });
+    return folded(cls, value, { total, full, code, fold });
   }
 }
 
