@@ -364,7 +364,9 @@ class SessionBridge:
 def _expect(params: dict[str, Any], allowed: set[str]) -> None:
     extra = set(params) - allowed
     if extra:
-        raise BridgeRefusal(f"malformed request: unexpected fields {sorted(extra)[:5]}")
+        # str(): a restricted backend's params may hold keys of any JSON-like type.
+        shown = sorted(str(k)[:50] for k in extra)[:5]
+        raise BridgeRefusal(f"malformed request: unexpected fields {shown}")
 
 
 def _json_size(value: Any, limit: int) -> int:
