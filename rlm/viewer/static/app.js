@@ -67,6 +67,10 @@ export function createViewer(container, source) {
         if (i + SLICE < events.length) await pause();
       }
     },
+    progress(event) {
+      model.progress(event);
+      tree.flush();
+    },
     status(text, cls = "") {
       status.className = `status ${cls}`;
       status.textContent = text;

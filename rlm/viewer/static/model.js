@@ -15,6 +15,7 @@ export class Run {
     this.childStart = null; // the parent's child_start, for a child
     this.childEnd = null;
     this.iterations = [];
+    this.byNumber = new Map(); // iteration number -> Iteration
     this.notes = [];
     this.final = null;
     this.usage = null;
@@ -108,10 +109,11 @@ export class Model {
 
   iteration(run, n) {
     const number = typeof n === "number" ? n : Math.max(1, run.iterations.length);
-    let it = run.iterations.find((i) => i.n === number);
+    let it = run.byNumber.get(number);
     if (!it) {
       it = new Iteration(run, number);
       run.iterations.push(it);
+      run.byNumber.set(number, it);
       this.dirty.add(run);
     }
     this.dirty.add(it);
@@ -237,6 +239,15 @@ export class Model {
     } else {
       run.notes.push(event);
     }
+  }
+
+  // A running batch's progress (a transient event: live streams only).
+  progress(event) {
+    const run = this.runs.get(event.run_id);
+    const item = run && this.opened.get(`${run.id}/batch/${event.batch}`);
+    if (!item || item.end) return;
+    item.progress = event;
+    this.touch(run);
   }
 
   // An item's end changed: redraw the iteration of the cell holding it.

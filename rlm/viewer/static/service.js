@@ -147,7 +147,7 @@ async function showRun(id, signal) {
     clear(head);
     add(
       head,
-      el("h2", null, `run ${run.id} · ${run.profile}`),
+      el("div", "run-title", `run ${run.id} · profile ${run.profile}`),
       el("div", `run-status st-${run.status}`, run.status),
       el("div", "run-query", run.query),
     );
@@ -189,8 +189,15 @@ async function readEvents(reply, viewer, after) {
         if (line.startsWith("id:")) id = line.slice(3).trim();
         else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
       }
-      // Transient events (streamed tokens, batch progress) have no id: not kept.
-      if (id === null || !data.length) continue;
+      if (!data.length) continue;
+      // Transient events (streamed tokens, batch progress) have no id: shown, not kept.
+      if (id === null) {
+        try {
+          const live = JSON.parse(data.join("\n"));
+          if (live.event === "batch_progress") viewer.progress(live);
+        } catch {}
+        continue;
+      }
       const seq = Number(id);
       if (!(seq > after)) continue;
       after = seq;

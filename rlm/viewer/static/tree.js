@@ -278,6 +278,10 @@ function batchLine(item) {
     if (e.dedup_hits) parts.push(`${count(e.dedup_hits)} deduplicated`);
     parts.push(`${count((e.prompt_tokens ?? 0) + (e.completion_tokens ?? 0))} tokens`, seconds(e.seconds));
     if (e.cancelled) parts.push("cancelled");
+  } else if (item.progress) {
+    const p = item.progress;
+    parts.push(`${count(p.done)} of ${count(p.total)} done`, `${count(p.failures)} failed`);
+    if (typeof p.eta_s === "number") parts.push(`about ${seconds(p.eta_s)} left`);
   } else {
     parts.push("running…");
   }
