@@ -18,9 +18,32 @@ built from, bottom up:
 
 from __future__ import annotations
 
+from typing import Any
+
+from rlm.backends.base import Sandbox
 from rlm.backends.restricted.epoch import new_guards
 from rlm.backends.restricted.guards import Guards
 from rlm.backends.restricted.modules import ALLOWED_MODULES
 from rlm.backends.restricted.sandbox import RestrictedSandbox
+from rlm.bridge import SessionBridge
 
-__all__ = ["ALLOWED_MODULES", "Guards", "RestrictedSandbox", "new_guards"]
+__all__ = [
+    "ALLOWED_MODULES",
+    "ISOLATIONS",
+    "Guards",
+    "RestrictedSandbox",
+    "make_restricted",
+    "new_guards",
+]
+
+#: Where the restricted backend runs cells: a worker process, or this process.
+ISOLATIONS = ("process", "inprocess")
+
+
+def make_restricted(
+    bridge: SessionBridge, *, isolation: str = "inprocess", **kwargs: Any
+) -> Sandbox:
+    """A restricted sandbox for ``bridge`` in ``isolation`` mode (see :data:`ISOLATIONS`)."""
+    if isolation == "inprocess":
+        return RestrictedSandbox(bridge, **kwargs)
+    raise ValueError(f"unknown restricted isolation {isolation!r}; use one of {ISOLATIONS}")
