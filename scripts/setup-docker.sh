@@ -36,6 +36,8 @@ command -v runsc >/dev/null 2>&1 || missing+=(runsc)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 # `ip`: the remote-engine test gives its second dockerd a bridge of its own.
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# `openssl`: the TLS engine test makes its CA and certificates with it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]} from Debian's packages"
     "${SUDO[@]}" apt-get update
@@ -77,6 +79,22 @@ else:
     print("changed")
 PY
 )" || die "could not update $daemon_json"
+
+# --- userns-remap's user ----------------------------------------------------------
+# `"userns-remap": "default"` maps container users to dockremap's subordinate ids
+# (container root becomes an unprivileged host uid). This engine does not turn it on
+# (it would hide the images already built); the tests start an engine that does, and
+# an operator may. Make the user and its ranges now so that either just works.
+if ! getent passwd dockremap >/dev/null; then
+    say "adding the dockremap user for userns-remap"
+    "${SUDO[@]}" useradd --system --no-create-home --shell /usr/sbin/nologin dockremap
+fi
+for table in /etc/subuid /etc/subgid; do
+    if ! grep -q '^dockremap:' "$table" 2>/dev/null; then
+        start="$(awk -F: 'BEGIN { m = 100000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }' "$table" 2>/dev/null || echo 100000)"
+        echo "dockremap:${start}:65536" | "${SUDO[@]}" tee -a "$table" >/dev/null
+    fi
+done
 
 # --- dockerd --------------------------------------------------------------------
 engine_up() { docker info >/dev/null 2>&1; }

@@ -20,6 +20,7 @@ from rlm.backends.docker.container import (
     unreachable,
 )
 from rlm.backends.docker.engine import connect, engine_address
+from rlm.errors import SandboxUnavailable
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -35,8 +36,10 @@ def unavailable_reason(config: RLMConfig) -> str | None:
 
     spec = ContainerSpec.from_config(config)
     try:
-        client = docker.from_env(timeout=5)
+        client = connect(timeout=5)
         client.ping()
+    except SandboxUnavailable as exc:
+        return str(exc)  # an unsafe transport or a failed TLS check: says what to do
     except Exception as exc:
         return unreachable(_short(exc))
     try:
@@ -108,6 +111,8 @@ def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
     try:
         client = connect()
         version = client.version()
+    except SandboxUnavailable as exc:
+        return [("docker engine", False, str(exc))]
     except Exception as exc:
         return [
             (
