@@ -174,7 +174,7 @@ async def _multipart_run(request: Request, limit: int) -> tuple[Any, Any, Any]:
             if name.endswith(".json") or (raw.content_type or "").startswith("application/json"):
                 try:
                     context: Any = json.loads(text)
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # nested too deeply: the same
                     raise APIError(
                         400, f"the context file is not valid JSON: {exc}", "invalid_context"
                     ) from None

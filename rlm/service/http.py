@@ -128,6 +128,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "the body's JSON is nested too deeply", "invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(400, "the body must be a JSON object", "invalid_json")
     return data
