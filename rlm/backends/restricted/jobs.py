@@ -1,11 +1,16 @@
-"""Killable jobs: each cell (or variable read) runs on a thread of its own.
+"""Killable jobs: each cell (or variable read) runs on a thread of the session's own.
 
 A thread of the host process can be stopped only by raising an exception in it
-(``PyThreadState_SetAsyncExc``), and only while it runs Python bytecode. So each job
-gets a fresh thread -- never a pooled worker: a stop injected a moment too late must
-never land in a thread that now runs someone else's work -- and stops are injected
-only while the job's own model code is on that thread's stack. A thread that will
-not stop (blocked outside Python) is left to a reaper that keeps trying.
+(``PyThreadState_SetAsyncExc``), and only while it runs Python bytecode. So jobs
+run on a :class:`CellThread` that belongs to one sandbox and runs nothing but that
+sandbox's jobs -- never a pooled worker shared with other sessions or libraries: a
+stop injected a moment too late must never land in a thread that now runs someone
+else's work -- and stops are injected only while the job's own model code is on
+that thread's stack (each :class:`Run` calls its own copy of the entry function,
+so one job's stop can never land in the next job's frames either). Keeping the
+thread across cells saves starting one per cell. A thread that will not stop
+(blocked outside Python) is retired, left to a reaper that keeps trying, and the
+sandbox's next job gets a new thread.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import decimal
+import queue
 import sys
 import threading
 import types
@@ -68,11 +74,10 @@ class Run:
         self.error: str | None = None
         self.value: Any = None
 
-    def start(self, job: Callable[[], None]) -> None:
-        self.thread = threading.Thread(
-            target=_run_thread, args=(self, job), name="rlm-restricted-cell", daemon=True
-        )
-        self.thread.start()
+    def start(self, job: Callable[[], None], worker: CellThread) -> None:
+        """Run ``job`` on ``worker``, the sandbox's own thread."""
+        self.thread = worker.thread
+        worker.submit(self, job)
 
     @property
     def over(self) -> bool:
@@ -142,17 +147,54 @@ def _thread_entry(run: Run, job: Callable[[], None]) -> None:
         except BaseException as exc:
             if run.error is None:
                 run.error = f"internal error in the sandbox: {type(exc).__name__}"
+
+
+def _run_thread(run: Run, job: Callable[[], None]) -> None:
+    # A stop that lands while the entry absorbs another ends it: the job is over
+    # all the same.
+    with contextlib.suppress(BaseException):
+        run.entry(run, job)
+    # Once the entry has returned, no stop is injected (no model code is on the
+    # stack), so at most one is still pending: disarming withdraws it, unless it
+    # lands first, once. The thread then goes on to the sandbox's next job clean.
+    for _ in range(3):
+        try:
+            run.disarm()
+            break
+        except BaseException:
+            continue
     run.finished.set()
     run.notify()
 
 
-def _run_thread(run: Run, job: Callable[[], None]) -> None:
-    try:
-        run.entry(run, job)
-    except BaseException:
-        # A stop that landed while the entry was absorbing another: the job is over
-        # all the same, and the thread is ours alone, so it may simply end.
-        run.notify()
+class CellThread:
+    """One sandbox's thread for its jobs, one at a time; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Run, Callable[[], None]] | None] = queue.SimpleQueue()
+        #: Set when the sandbox gave up on the job this thread runs: it ends after it.
+        self.retired = False
+        self.thread = threading.Thread(target=self._serve, name="rlm-restricted-cell", daemon=True)
+        self.thread.start()
+
+    @property
+    def usable(self) -> bool:
+        return not self.retired and self.thread.is_alive()
+
+    def submit(self, run: Run, job: Callable[[], None]) -> None:
+        self._jobs.put((run, job))
+
+    def stop(self) -> None:
+        """End the thread once it is idle (a job it runs still ends first)."""
+        self.retired = True
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while not self.retired:
+            item = self._jobs.get()
+            if item is None:
+                return
+            _run_thread(*item)
 
 
 def _in_model_code(thread_id: int, entry_code: CodeType) -> bool:

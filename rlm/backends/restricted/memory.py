@@ -1,7 +1,7 @@
 """Memory limits for cells that share the host's process.
 
 Two mechanisms, because neither suffices alone. A watchdog thread
-(:class:`Watchdog`) samples the process's resident memory while a cell runs and
+(:data:`WATCHDOG`, one for the process) samples the process's resident memory while a cell runs and
 stops the cell with a MemoryError when it has grown by more than the limit; but it
 only gets to run between bytecodes, and one C call that allocates gigabytes never
 lets it. For that, a process-wide RLIMIT_DATA ceiling (:class:`MemoryCeiling`) is
@@ -15,19 +15,39 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
-from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, Run
+from rlm.backends.restricted.jobs import Run
 from rlm.backends.restricted.stops import MemoryLimitExceeded
 
 _WATCHDOG_INTERVAL_S = 0.01
 
 
+def _statm() -> list[bytes] | None:
+    """The fields of /proc/self/statm (sizes in pages), or None where it is not there.
+
+    Read with ``pread`` on a descriptor kept open (per process: it is reopened after
+    a fork), as this is read at the start and end of every cell.
+    """
+    global _STATM
+    try:
+        pid = os.getpid()
+        if _STATM is None or _STATM[0] != pid:
+            _STATM = (pid, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        return os.pread(_STATM[1], 256, 0).split()
+    except OSError:
+        return None
+
+
+_STATM: tuple[int, int] | None = None
+
+
 def _rss_bytes() -> int | None:
     """The process's resident set size, or None where /proc is not available."""
+    fields = _statm()
     try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE_SIZE
-    except (OSError, ValueError, IndexError):
+        return int(fields[1]) * _PAGE_SIZE if fields is not None else None
+    except (ValueError, IndexError):
         return None
 
 
@@ -125,21 +145,54 @@ except ImportError:  # pragma: no cover - not on POSIX: the watchdog alone
 CEILING = MemoryCeiling()
 
 
-class Watchdog(threading.Thread):
-    """Stops the job with a MemoryError when the process grows past the limit."""
+class Watchdog:
+    """Stops each watched job with a MemoryError when the process grows past its limit.
 
-    def __init__(self, run: Run, limit: int) -> None:
-        super().__init__(name="rlm-restricted-watchdog", daemon=True)
-        self.run_ = run
-        self.limit = limit
-        self.baseline = _rss_bytes()
+    One thread for the whole process, asleep while no job runs: starting a thread
+    per cell cost more than the rest of a trivial cell. Each job is measured against
+    the resident memory when it started, every 10 ms while it runs, and stopped (the
+    stop injected again at each look) for as long as it is over.
+    """
 
-    def run(self) -> None:
-        if self.baseline is None:
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._jobs: dict[Run, tuple[int, int]] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, job: Run, limit: int) -> None:
+        baseline = _rss_bytes()
+        if baseline is None:
             return
-        job = self.run_
-        while not job.finished.wait(_WATCHDOG_INTERVAL_S) and not job.over:
+        with self._lock:
+            self._jobs[job] = (baseline, limit)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="rlm-restricted-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify()
+
+    def unwatch(self, job: Run) -> None:
+        with self._lock:
+            self._jobs.pop(job, None)
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs:
+                    self._lock.wait()
+            time.sleep(_WATCHDOG_INTERVAL_S)
+            with self._lock:
+                jobs = list(self._jobs.items())
+            if not jobs:
+                continue
             rss = _rss_bytes()
-            if rss is not None and rss - self.baseline > self.limit:
-                job.request_stop(MemoryLimitExceeded)
-                job.finished.wait(REINJECT_INTERVAL_S)
+            if rss is None:
+                continue
+            for job, (baseline, limit) in jobs:
+                if rss - baseline > limit and not job.over:
+                    job.request_stop(MemoryLimitExceeded)
+
+
+#: The one watchdog thread, shared by every session's jobs.
+WATCHDOG = Watchdog()

@@ -9,7 +9,7 @@ multi-tenant code: use the Docker backend for that.
 How a cell runs:
 
 - It is compiled under :class:`~rlm.backends.restricted.policy.SandboxPolicy` and
-  executed on a thread of its own (:mod:`rlm.backends.restricted.jobs`), so the
+  executed on the sandbox's own thread (:mod:`rlm.backends.restricted.jobs`), so the
   host's event loop keeps serving sub-calls and other sessions meanwhile. (Not a
   pooled worker thread: a stop injected a moment too late must never land in a
   thread that now runs someone else's work.)
@@ -55,8 +55,8 @@ from rlm_sandbox.api import RLMCallError, make_functions
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.restricted.epoch import Epoch, new_guards
 from rlm.backends.restricted.guards import Guards
-from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, Run, reap, stop_message
-from rlm.backends.restricted.memory import CEILING, Watchdog
+from rlm.backends.restricted.jobs import REINJECT_INTERVAL_S, CellThread, Run, reap, stop_message
+from rlm.backends.restricted.memory import CEILING, WATCHDOG
 from rlm.backends.restricted.plain import CONTEXT, SUB_CALL, plain_copy
 from rlm.backends.restricted.policy import CellRejected, compile_cell
 from rlm.backends.restricted.stops import CellTimeout, SandboxStop
@@ -96,6 +96,7 @@ class RestrictedSandbox(Sandbox):
         self._context: Any = None
         self._epoch: Epoch | None = None
         self._run: Run | None = None
+        self._worker: CellThread | None = None
         self._cells = 0
         self._sources: dict[str, list[str]] = {}
         self._lock: anyio.Lock | None = None
@@ -186,6 +187,9 @@ class RestrictedSandbox(Sandbox):
         if run is not None and not run.over:
             run.request_stop(CellTimeout)
             run.cancel_subcalls()
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
         self._epoch = None
         self._context = None
         self._sources.clear()
@@ -286,12 +290,11 @@ class RestrictedSandbox(Sandbox):
         deadline = epoch.guards.deadline = time.monotonic() + max(timeout, 0.0)
         epoch.guards.output = type(epoch.guards.output)(self.output_limit)
         self._run = run
-        watchdog = Watchdog(run, self.memory_limit_bytes) if watch_memory else None
+        if watch_memory:
+            WATCHDOG.watch(run, self.memory_limit_bytes)
         CEILING.enter(id(run), self.memory_limit_bytes)
         try:
-            run.start(job)
-            if watchdog is not None:
-                watchdog.start()
+            run.start(job, self._cell_thread())
             while not run.over and time.monotonic() < deadline:
                 # The event is set by the thread as it ends; the short wait only
                 # matters if the thread died before it could say so.
@@ -302,6 +305,7 @@ class RestrictedSandbox(Sandbox):
             with anyio.CancelScope(shield=True):
                 await self._stop(run)
                 CEILING.leave(id(run))
+                WATCHDOG.unwatch(run)
             raise
         try:
             if run.over:
@@ -312,6 +316,13 @@ class RestrictedSandbox(Sandbox):
             return run.stop_reason, not stopped
         finally:
             CEILING.leave(id(run))
+            WATCHDOG.unwatch(run)
+
+    def _cell_thread(self) -> CellThread:
+        worker = self._worker
+        if worker is None or not worker.usable:
+            worker = self._worker = CellThread()
+        return worker
 
     async def _stop(self, run: Run) -> bool:
         """Stop ``run`` within the grace period; False if its namespace had to be given up."""
@@ -340,6 +351,10 @@ class RestrictedSandbox(Sandbox):
         if self._epoch is run.epoch and not self._closed:
             self._epoch = self._new_epoch()
             self.resets += 1
+        worker = self._worker
+        if worker is not None and worker.thread is run.thread:
+            worker.retired = True  # it ends once the stuck job does; the next job gets a new one
+            self._worker = None
         threading.Thread(
             target=reap, args=(run,), name="rlm-restricted-reaper", daemon=True
         ).start()
