@@ -39,7 +39,12 @@ def raw(number, *args):
     ctypes.set_errno(0)
     result = libc.syscall(number, *args)
     return "ok" if result >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
-facts["netlink"] = attempt(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close())
+def netlink(kind, protocol):
+    return attempt(lambda: socket.socket(socket.AF_NETLINK, kind, protocol).close())
+facts["netlink_route"] = netlink(socket.SOCK_RAW, 0)
+facts["netlink_xfrm"] = netlink(socket.SOCK_RAW, 6)
+facts["netlink_uevent"] = netlink(socket.SOCK_DGRAM, 15)
+facts["if_nameindex"] = [name for _, name in socket.if_nameindex()]
 facts["packet"] = attempt(lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close())
 facts["unshare_user"] = raw(272, 0x10000000)  # unshare(CLONE_NEWUSER)
 facts["clone3"] = raw(435, 0, 0)  # ENOSYS, so that glibc falls back to clone
@@ -87,7 +92,7 @@ def test_rlms_allow_list_is_the_filter(posture: dict[str, Any]) -> None:
     """What Docker's default profile allows and rlm's refuses, refused on both runtimes."""
     refused = {
         key: posture[key]
-        for key in ("netlink", "packet", "unshare_user", "io_uring_setup", "memfd_create")
+        for key in ("netlink_xfrm", "packet", "unshare_user", "io_uring_setup", "memfd_create")
     }
     assert refused == dict.fromkeys(refused, "EPERM"), refused
     assert posture["ptrace_traceme"] == "EPERM"
@@ -96,3 +101,8 @@ def test_rlms_allow_list_is_the_filter(posture: dict[str, Any]) -> None:
     assert posture["clone3"] == "ENOSYS"
     assert posture["thread"] is True
     assert posture["loopback_socket"] == "ok"
+    # Route netlink (read-only here) stays, for if_nameindex and getaddrinfo.
+    assert posture["netlink_route"] == "ok"
+    assert posture["if_nameindex"] == ["lo"]
+    # gVisor has no uevent netlink at all (EPROTONOSUPPORT); runc's filter says EPERM.
+    assert posture["netlink_uevent"] in ("EPERM", "EPROTONOSUPPORT")
