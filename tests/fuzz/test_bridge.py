@@ -192,7 +192,7 @@ _methods = st.one_of(st.sampled_from(METHODS), any_text, json_scalars)
 
 
 @given(_methods, _params)
-@settings(max_examples=examples(500))
+@settings(max_examples=examples(300))
 def test_any_request_is_answered_with_wire_json_or_refused(method: object, params: object) -> None:
     rig = Rig()
     answer, refusal = call(rig, method, params)
@@ -228,7 +228,7 @@ _VALID: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     st.sampled_from(METHODS).flatmap(lambda m: st.tuples(st.just(m), _VALID[m])),
     st.dictionaries(st.sampled_from(FORGED_FIELDS), values, min_size=1, max_size=3),
 )
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(150))
 def test_a_forged_depth_budget_session_or_tenant_field_is_refused_with_nothing_admitted(
     request: tuple[str, dict[str, Any]], forged: dict[str, Any]
 ) -> None:

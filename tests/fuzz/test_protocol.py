@@ -136,7 +136,7 @@ def parse_or_refuse(payload: bytes, schema: dict[str, Any], **kw: Any) -> dict[s
     ),
     st.lists(st.integers(0, 1 << 16), max_size=6),
 )
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(150))
 def test_valid_messages_round_trip_however_the_stream_is_cut(
     batch: tuple[str, list[dict[str, Any]]], cuts: list[int]
 ) -> None:
@@ -189,7 +189,7 @@ def test_messages_over_one_frame_round_trip(text: str, frames: int) -> None:
         max_size=3,
     ),
 )
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(300))
 def test_a_mutated_stream_is_refused_or_decodes_to_valid_messages(
     case: tuple[str, dict[str, Any]], ops: list[tuple[str, int, bytes]]
 ) -> None:
@@ -218,7 +218,7 @@ def test_a_mutated_stream_is_refused_or_decodes_to_valid_messages(
 
 
 @given(st.binary(max_size=600), st.lists(st.integers(0, 700), max_size=4))
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(250))
 def test_random_bytes_are_refused_or_decode_to_valid_messages(data: bytes, cuts: list[int]) -> None:
     decoder = P.Decoder(max_message=1 << 16)
     start = 0
@@ -298,7 +298,7 @@ _TYPED_FIELDS = [
 
 
 @given(st.sampled_from(_TYPED_FIELDS), st.data())
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(250))
 def test_a_wrong_type_in_any_field_is_refused(
     where: tuple[str, str, str], data: st.DataObject
 ) -> None:
@@ -357,7 +357,7 @@ def test_a_missing_extra_or_renamed_field_or_type_is_refused(
         ),
     )
 )
-@settings(max_examples=examples(200))
+@settings(max_examples=examples(120))
 def test_a_results_final_is_valid_or_refused(final: dict[str, Any]) -> None:
     message = {
         "type": "result",
@@ -388,7 +388,7 @@ _numbers = st.one_of(
 
 
 @given(st.sampled_from(["id", "value", "context", "protocol"]), _numbers)
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 def test_huge_and_odd_numbers_are_refused_or_carried_exactly(field: str, number: str) -> None:
     texts = {
         "id": '{"type":"call","id":%s,"method":"llm_query","params":{}}',
@@ -445,7 +445,7 @@ def count_actual(value: Any) -> int:
 
 
 @given(json_values, st.integers(0, 60))
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(200))
 def test_the_value_count_is_an_upper_bound_and_no_message_over_the_limit_is_decoded(
     value: Any, limit: int
 ) -> None:
@@ -501,7 +501,7 @@ def test_the_decoder_holds_memory_in_proportion_to_its_input(
 
 
 @given(st.integers(50_000, 400_000), st.sampled_from([b"[],", b"{},", b"0,", b'"",']))
-@settings(max_examples=examples(8), deadline=None)
+@settings(max_examples=examples(4), deadline=None)
 def test_a_refused_flood_of_tiny_values_is_never_decoded(n: int, item: bytes) -> None:
     """Decoded, each value costs ~50 bytes; counted and refused, the cost is ~0."""
     payload = (

@@ -213,7 +213,7 @@ _raw_bodies = st.one_of(
     _auth,
     _headers,
 )
-@settings(max_examples=examples(250))
+@settings(max_examples=examples(200))
 def test_any_body_gets_a_clean_answer_and_starts_no_run(
     client: TestClient, path: str, body: bytes, auth: dict[str, str], headers: dict[str, str]
 ) -> None:

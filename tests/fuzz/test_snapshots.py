@@ -214,7 +214,7 @@ _pairs = st.lists(st.one_of(st.tuples(_var_names, _slots).map(list), _slots), ma
 
 
 @given(_pairs, st.lists(_entries, max_size=8), st.booleans())
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(250))
 def test_a_forged_document_is_refused_or_read_whole(
     pairs: list[Any], entries: list[Any], extra_field: bool
 ) -> None:

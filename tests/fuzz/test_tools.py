@@ -259,7 +259,7 @@ _returns = st.recursive(
 
 
 @given(_returns)
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(200))
 def test_whatever_a_tool_returns_comes_back_as_wire_json_or_bad_return(value: Any) -> None:
     holder: dict[str, Any] = {"v": value}
 
