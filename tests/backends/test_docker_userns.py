@@ -92,3 +92,22 @@ async def test_container_root_is_not_host_root(runtime: str, userns_engine: Seco
             assert (await box.execute("print(6 * 7)", 10)).stdout == "42\n"
         finally:
             await box.close()
+
+
+def test_doctor_reports_userns_remap(
+    userns_engine: SecondEngine, docker_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rlm.backends.docker import doctor_checks
+    from rlm.config import RLMConfig
+
+    monkeypatch.setenv("DOCKER_HOST", userns_engine.url)
+    found = {name: (ok, detail) for name, ok, detail in doctor_checks(RLMConfig(image=IMAGE))}
+    assert found["docker engine"][0]
+    assert (
+        "userns-remap on (container root is an unprivileged host uid)"
+        in (found["docker engine"][1])
+    )
+    assert found["runc"][0] and found["gVisor (runsc)"][0], found
+    monkeypatch.delenv("DOCKER_HOST")
+    (_, _, detail), *_ = doctor_checks(RLMConfig(image=IMAGE))
+    assert detail.endswith("userns-remap off")

@@ -126,7 +126,7 @@ def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
         (
             "docker engine",
             True,
-            f"{version.get('Version', '?')} at {engine_address()}",
+            f"{version.get('Version', '?')} at {engine_address()}; {_userns_note(client)}",
         )
     ]
     try:
@@ -151,6 +151,17 @@ def doctor_checks(config: RLMConfig) -> list[tuple[str, bool, str]]:
     finally:
         client.close()
     return checks
+
+
+def _userns_note(client: DockerClient) -> str:
+    """Whether the engine remaps container users (``userns-remap``)."""
+    try:
+        options = client.info().get("SecurityOptions") or []
+    except Exception:
+        return "userns-remap unknown"
+    if any("name=userns" in str(option) for option in options):
+        return "userns-remap on (container root is an unprivileged host uid)"
+    return "userns-remap off"
 
 
 def _smoke_test(client: DockerClient, image: str, runtime: str) -> tuple[bool, str]:
