@@ -169,4 +169,12 @@ def _summary_of(line: bytes, seq: int) -> dict[str, Any]:
         event = json.loads(line)
     except ValueError as exc:
         return {"event": "unreadable", "seq": seq, "error": f"not JSON: {exc}"}
+    if (
+        len(line) <= PREVIEW_CHARS
+        and isinstance(event, dict)
+        and isinstance(event.get("event"), str)
+    ):
+        # Too short to hold a string worth cutting (most events): as it is.
+        event["seq"] = seq
+        return event
     return summarize(event, seq)

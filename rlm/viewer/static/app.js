@@ -41,15 +41,21 @@ export function createViewer(container, source) {
   let drawn = 0;
   let timer = null;
 
+  let cost = 0; // how long the last drawing took
   const drawTimeline = () => {
     timer = null;
-    drawn = performance.now();
     model.changed = false;
+    const started = performance.now();
     timeline.draw();
+    drawn = performance.now();
+    cost = drawn - started;
   };
   const scheduleTimeline = () => {
     if (!model.changed || timer !== null) return;
-    const wait = Math.max(0, TIMELINE_EVERY_MS - (performance.now() - drawn));
+    // A big run's timeline costs more to draw: it is drawn less often, so the page
+    // spends at most a fifth of its time on it.
+    const every = Math.max(TIMELINE_EVERY_MS, 4 * cost);
+    const wait = Math.max(0, every - (performance.now() - drawn));
     timer = setTimeout(drawTimeline, wait);
   };
   window.addEventListener("resize", () => {

@@ -23,12 +23,14 @@ async function follow() {
   const viewer = createViewer(document.getElementById("app"), source);
   let after = 0;
   let failures = 0;
+  let next = null; // the next page, asked for while this one is drawn
   for (;;) {
     let data;
     try {
-      data = await getJSON(`api/events?after=${after}`);
+      data = await (next ?? getJSON(`api/events?after=${after}`));
       failures = 0;
     } catch (err) {
+      next = null;
       failures += 1;
       viewer.status(`cannot reach rlm view (${err.message}); retrying`, "bad");
       await new Promise((resolve) => setTimeout(resolve, Math.min(5000, POLL_MS * failures)));
@@ -40,9 +42,15 @@ async function follow() {
       location.reload();
       return;
     }
+    next = null;
     if (data.events.length) {
+      const last = data.events[data.events.length - 1].seq;
+      if (last < data.total) {
+        next = getJSON(`api/events?after=${last}`);
+        next.catch(() => {}); // handled when awaited
+      }
       await viewer.ingest(data.events);
-      after = data.events[data.events.length - 1].seq;
+      after = last;
     }
     const loading = after < data.total;
     viewer.status(

@@ -77,19 +77,29 @@ export class TimelineView {
     const row = el("div", cls);
     const track = el("div", "tl-track");
     add(row, el("div", "tl-label", label), track);
-    bars.sort((a, b) => a.t0 - b.t0);
-    let last = null;
+    const byKind = new Map();
     for (const b of bars) {
-      // Merge a bar into the previous one of its kind when they touch on screen.
-      if (last && last.kind === b.kind && (b.t0 - last.t1) * pxPer < 1) {
-        last.t1 = Math.max(last.t1, b.t1);
-        last.merged += 1;
-        continue;
+      if (!byKind.has(b.kind)) byKind.set(b.kind, []);
+      byKind.get(b.kind).push(b);
+    }
+    // Failures last, so they are drawn on top.
+    const kinds = [...byKind.keys()].sort((a, b) => a.includes("failed") - b.includes("failed"));
+    for (const kind of kinds) {
+      const mine = byKind.get(kind).sort((a, b) => a.t0 - b.t0);
+      let last = null;
+      for (const b of mine) {
+        // Merged into the previous bar of its kind when they touch on screen: at most
+        // a bar or so per pixel, however many there are.
+        if (last && (b.t0 - last.t1) * pxPer < 2) {
+          last.t1 = Math.max(last.t1, b.t1);
+          last.merged += 1;
+          continue;
+        }
+        if (last) track.appendChild(this.bar(last, pct));
+        last = { ...b, merged: 1 };
       }
       if (last) track.appendChild(this.bar(last, pct));
-      last = { ...b, merged: 1 };
     }
-    if (last) track.appendChild(this.bar(last, pct));
     return row;
   }
 
