@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from rlm.errors import ConfigurationError
 from rlm.viewer import index as index_module
 from rlm.viewer.index import PREVIEW_CHARS, TrajectoryIndex, summarize
 from rlm.viewer.server import build_viewer
@@ -175,3 +176,19 @@ def test_the_page_never_writes_markup_from_data() -> None:
         assert (
             "<script>" not in page.read_text() and " on" not in page.read_text().split("<body>")[1]
         )
+
+
+def test_rlm_view_refuses_a_missing_file_and_a_busy_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rlm.cli import main
+    from rlm.viewer.server import bind
+
+    assert main(["view", str(tmp_path / "nothing.jsonl"), "--port", "0"]) == 2
+    assert "no such trajectory file" in capsys.readouterr().err
+    taken = bind(0)
+    try:
+        with pytest.raises(ConfigurationError, match="choose another --port"):
+            bind(taken.getsockname()[1])
+    finally:
+        taken.close()

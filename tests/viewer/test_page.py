@@ -73,6 +73,12 @@ def test_the_demo_run_shows_its_iterations_batch_and_answer(
     assert "llm_batch" in [s.text for s in css(browser, ".cell .tok-rlm")]
     # The timeline has a bar for each root call, and the batch.
     assert len(css(browser, ".tl-bar.tl-call")) >= 1 and css(browser, ".tl-bar.tl-batch")
+    # A bar on the timeline opens its iteration in the tree.
+    third = css(browser, ".iteration[data-iteration='3']")[0]
+    browser.execute_script("arguments[0].open = false", third)
+    bars = css(browser, ".tl-bar.tl-call")
+    browser.execute_script("arguments[0].click()", bars[-1])
+    wait_for(lambda: third.get_attribute("open") is not None, 5, "iteration 3 to open")
     usage = text_of(browser, ".usage")
     assert "rlm-offline-root" in usage and "rlm-offline-sub" in usage
     assert browser.get_log("browser") == []  # no error, no blocked request
