@@ -11,7 +11,9 @@ build a huge object in one C call.
 from __future__ import annotations
 
 import ast
+import threading
 import types
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
@@ -185,8 +187,58 @@ class SandboxPolicy(RestrictingNodeTransformer):
 
 
 def compile_cell(source: str, filename: str) -> types.CodeType:
-    """Compile one cell under :class:`SandboxPolicy`; raises CellRejected with why not."""
-    result = compile_restricted_exec(source, filename=filename, policy=SandboxPolicy)
-    if result.errors or result.code is None:
-        raise CellRejected("\n".join(result.errors) or "the cell could not be compiled")
-    return result.code
+    """Compile one cell under :class:`SandboxPolicy`; raises CellRejected with why not.
+
+    The result depends on the source alone, so it is cached by source (model code
+    often runs the same cell again): a cached code object is handed out renamed to
+    ``filename``, nested code objects included, so tracebacks and the stop logic
+    (:mod:`.jobs`, which tells cell frames by their file name) see this cell.
+    """
+    cached = _CACHE.get(source)
+    if cached is None:
+        result = compile_restricted_exec(source, filename=filename, policy=SandboxPolicy)
+        if result.errors or result.code is None:
+            cached = CellRejected("\n".join(result.errors) or "the cell could not be compiled")
+        else:
+            cached = result.code
+        _CACHE.put(source, cached)
+    if isinstance(cached, CellRejected):
+        raise CellRejected(*cached.args)
+    return cached if cached.co_filename == filename else _renamed(cached, filename)
+
+
+def _renamed(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+class _CompileCache:
+    """The last compiled cells by source, bounded in count and in source size."""
+
+    def __init__(self, entries: int, max_source: int) -> None:
+        self.entries = entries
+        self.max_source = max_source
+        self._items: OrderedDict[str, types.CodeType | CellRejected] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, source: str) -> types.CodeType | CellRejected | None:
+        with self._lock:
+            found = self._items.get(source)
+            if found is not None:
+                self._items.move_to_end(source)
+            return found
+
+    def put(self, source: str, compiled: types.CodeType | CellRejected) -> None:
+        if len(source) > self.max_source:
+            return
+        with self._lock:
+            self._items[source] = compiled
+            while len(self._items) > self.entries:
+                self._items.popitem(last=False)
+
+
+#: Shared by every sandbox of the process: code objects are immutable, and what a
+#: cell compiles to depends on its text and the policy only.
+_CACHE = _CompileCache(entries=256, max_source=64 * 1024)
