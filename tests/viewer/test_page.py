@@ -298,3 +298,22 @@ def test_a_100_megabyte_trajectory_opens_without_freezing_the_page(
                 assert out.text.strip() == output.strip()
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", ticker)
+
+
+def test_the_turns_of_a_session_show_as_runs_of_their_own(
+    browser: WebDriver, tmp_path: Path
+) -> None:
+    path = tmp_path / "session.jsonl"
+    with OfflineModelServer() as server:
+        session = RLM(make_config(server), trajectory_path=path).session()
+        with session:
+            session.completion("the code is 42\nx", "What is the code?")
+            session.completion("the code is 43\ny", "What is the code?")
+    with viewer(path) as url:
+        browser.get(url)
+        wait_for(lambda: loaded(browser), 10, "the page to load the file")
+        runs = css(browser, "#app .tree > section.run")
+        assert [r.find_element("css selector", ".run-kind").text for r in runs] == ["run", "turn 2"]
+        answers = [r.find_element("css selector", ".final .answer").text.strip() for r in runs]
+        assert answers == ["42", "43"]
+        wait_for(lambda: len(css(browser, ".tl-row.depth-0")) == 2, 5, "a timeline row per turn")

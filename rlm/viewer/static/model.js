@@ -29,6 +29,12 @@ export class Run {
     return this.start?.model ?? this.childStart?.model ?? this.iterations[0]?.reply?.model ?? "";
   }
 
+  // "run", or "turn N" for the turns of a session after its first (one run_id).
+  get label() {
+    const turn = this.start?.turn;
+    return typeof turn === "number" && turn > 1 ? `turn ${turn}` : "run";
+  }
+
   get lastCell() {
     for (let i = this.iterations.length - 1; i >= 0; i--) {
       const cells = this.iterations[i].cells;
@@ -83,7 +89,8 @@ export class Cell {
 
 export class Model {
   constructor() {
-    this.runs = new Map();
+    this.runs = new Map(); // run_id -> its latest run (a session's turns share one id)
+    this.all = []; // every run, in the order they started
     this.roots = [];
     this.count = 0;
     this.tMax = 0;
@@ -100,6 +107,7 @@ export class Model {
       // A new run, or a new turn of a session under the same id.
       run = new Run(id, event.parent_id ?? null, event.depth ?? 0);
       this.runs.set(id, run);
+      this.all.push(run);
       const parent = run.parentId === null ? null : this.runs.get(run.parentId);
       if (parent) parent.children.push(run);
       else this.roots.push(run);
@@ -201,6 +209,7 @@ export class Model {
         child.childStart = event;
         child.t0 = event.t ?? null;
         this.runs.set(child.id, child);
+        this.all.push(child);
         run.children.push(child);
         this.place(run, { kind: "child", start: event, end: null, run: child });
         this.dirty.add(child);
@@ -260,7 +269,7 @@ export class Model {
   spans() {
     const bars = [];
     const now = this.tMax;
-    for (const run of this.runs.values()) {
+    for (const run of this.all) {
       for (const it of run.iterations) {
         const r = it.reply;
         if (r && typeof r.t === "number") {

@@ -61,7 +61,7 @@ export class TimelineView {
         lanes[lane] = Math.max(lanes[lane] ?? 0, b.t1);
         b.laneNo = lane;
       }
-      const label = `${"  ".repeat(run.depth)}${run.depth ? "child" : "run"} ${run.id}`;
+      const label = `${"  ".repeat(run.depth)}${run.depth ? "child" : run.label} ${run.id}`;
       add(box, this.row(label, main, pct, pxPer, `tl-row depth-${Math.min(run.depth, 4)}`));
       for (let lane = 0; lane < lanes.length; lane++) {
         add(box, this.row("", work.filter((b) => b.laneNo === lane), pct, pxPer, "tl-row work"));

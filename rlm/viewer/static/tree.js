@@ -73,7 +73,7 @@ export class TreeView {
     const child = run.childStart !== null;
     add(
       header,
-      el("span", "run-kind", child ? `child run · depth ${run.depth}` : "run"),
+      el("span", "run-kind", child ? `child run · depth ${run.depth}` : run.label),
       el("span", "run-id", run.id),
       el("span", "run-model", run.model),
     );
