@@ -15,6 +15,7 @@ sandbox's next job gets a new thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import decimal
@@ -62,6 +63,9 @@ class Run:
         self.lock = threading.Lock()
         self.running = False
         self.finished = threading.Event()
+        #: Set when the job ends or needs the event loop (a sub-call): what a short
+        #: wait on the loop's thread waits for.
+        self.wake = threading.Event()
         self.done = anyio.Event()
         self.stop_reason: type[SandboxStop] | None = None
         self.scopes: set[anyio.CancelScope] = set()
@@ -115,9 +119,13 @@ class Run:
                 _set_async_exc(tid, reason)
 
     def notify(self) -> None:
-        """Tell the event loop the job is over (from the job's thread)."""
+        """Tell the event loop the job is over (from the job's thread), without waiting."""
         with contextlib.suppress(Exception):
-            anyio.from_thread.run_sync(self.done.set, token=self.token)
+            native = self.token.native_token
+            if isinstance(native, asyncio.AbstractEventLoop):
+                native.call_soon_threadsafe(self.done.set)
+            else:  # another backend: the portable call, which waits for the loop
+                anyio.from_thread.run_sync(self.done.set, token=self.token)
 
     def cancel_subcalls(self) -> None:
         """Cancel the sub-calls this job waits for; only on the event loop's thread."""
@@ -164,6 +172,7 @@ def _run_thread(run: Run, job: Callable[[], None]) -> None:
         except BaseException:
             continue
     run.finished.set()
+    run.wake.set()
     run.notify()
 
 
