@@ -113,6 +113,19 @@ class TrajectoryIndex:
     def page(self, after: int = 0, limit: int = PAGE_EVENTS) -> list[dict[str, Any]]:
         """Summaries of the events after number ``after``: at most ``limit``, and no
         more than :data:`PAGE_BYTES` of the file read (but always one, if any)."""
+        return [_summary_of(line, seq) for seq, line in self._lines(after, limit)]
+
+    def page_json(self, after: int = 0, limit: int = PAGE_EVENTS) -> bytes:
+        """:meth:`page` as a JSON array, made faster: a short event's line is checked
+        and passed on as written, with its number added, rather than decoded and
+        encoded again (most events of a long run are short)."""
+        parts = []
+        for seq, line in self._lines(after, limit):
+            raw = _as_written(line, seq) if len(line) <= PREVIEW_CHARS else None
+            parts.append(raw if raw is not None else _dump(_summary_of(line, seq)))
+        return b"[" + b",".join(parts) + b"]"
+
+    def _lines(self, after: int, limit: int) -> list[tuple[int, bytes]]:
         with self._lock:
             total = len(self._offsets)
             first = max(after, 0) + 1
@@ -131,9 +144,7 @@ class TrajectoryIndex:
                 data = file.read(end - start)
             bounds = [self._offsets[i - 1] - start for i in range(first, last + 1)]
         bounds.append(len(data))
-        return [
-            _summary_of(data[bounds[i] : bounds[i + 1]], first + i) for i in range(len(bounds) - 1)
-        ]
+        return [(first + i, data[bounds[i] : bounds[i + 1]]) for i in range(len(bounds) - 1)]
 
     def event(self, seq: int) -> dict[str, Any] | None:
         """Event ``seq`` as written, or None when there is no such event (or it is
@@ -164,17 +175,40 @@ class TrajectoryIndex:
         return value
 
 
+class _OddNumber(ValueError):
+    """NaN or an infinity: Python writes and reads them, a browser's JSON does not."""
+
+
+def _refuse(name: str) -> None:
+    raise _OddNumber(name)
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse)
+_LENIENT = json.JSONDecoder(parse_constant=lambda name: None)  # those become null
+
+
 def _summary_of(line: bytes, seq: int) -> dict[str, Any]:
     try:
-        event = json.loads(line)
+        event = _LENIENT.decode(line.decode("utf-8"))
     except ValueError as exc:
         return {"event": "unreadable", "seq": seq, "error": f"not JSON: {exc}"}
-    if (
-        len(line) <= PREVIEW_CHARS
-        and isinstance(event, dict)
-        and isinstance(event.get("event"), str)
-    ):
-        # Too short to hold a string worth cutting (most events): as it is.
-        event["seq"] = seq
-        return event
     return summarize(event, seq)
+
+
+def _as_written(line: bytes, seq: int) -> bytes | None:
+    """A short line as it is, with ``"seq"`` added last (so it wins over one the
+    event may carry), when it is plain JSON text of an event; else None."""
+    text = line.strip()
+    if not text.startswith(b"{") or not text.endswith(b"}"):
+        return None
+    try:
+        event = _STRICT.decode(text.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("event"), str):
+        return None
+    return text[:-1] + b',"seq":%d}' % seq
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")

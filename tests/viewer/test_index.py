@@ -77,6 +77,28 @@ def test_long_strings_are_cut_in_summaries_and_read_whole_on_demand(tmp_path: Pa
     assert index.field(3, "stdout") is None
 
 
+def test_the_page_as_json_is_the_page_and_always_valid_for_a_browser(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    write_events(
+        path, [event("cell", 0.1, code="é ✓ \u2028"), event("output", 0.2, stdout="x" * 5000)]
+    )
+    with path.open("a") as file:
+        file.write('{"event": "batch_progress", "eta_s": NaN, "done": Infinity}\n')  # Python's
+        file.write('{"event": "cell", "seq": 99, "code": "its own seq"}\n')
+        file.write("  \ufeff{not json}  \n")
+    index = TrajectoryIndex(path)
+    index.refresh()
+    text = index.page_json().decode("utf-8")
+    # Strict JSON (what JSON.parse takes): NaN and infinities are refused here.
+    events = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the page"))
+    assert events == index.page()
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[0]["code"] == "é ✓ \u2028" and events[1]["cut"] == {"stdout": 5000}
+    assert events[2]["eta_s"] is None and events[2]["done"] is None
+    assert events[3]["code"] == "its own seq"  # the index's number wins
+    assert events[4]["event"] == "unreadable"
+
+
 def test_summaries_keep_events_that_need_no_cut_unchanged() -> None:
     e = event("final", 2.0, answer="42", limits={}, stopped=None)
     assert summarize(e, 7) == {**e, "seq": 7}
