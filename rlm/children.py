@@ -32,7 +32,7 @@ from rlm.stack import BackendChoice, build_session
 from rlm.subcalls.batcher import Batcher, SubResult
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool
+    from rlm.backends.docker import ContainerSource
     from rlm.tools import ToolSet
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Children:
         backend: BackendChoice,
         batcher: Batcher,
         *,
-        pool: ContainerPool | None = None,
+        pool: ContainerSource | None = None,
         tools: ToolSet | None = None,
     ) -> None:
         self.config = config

@@ -23,7 +23,7 @@ from rlm.subcalls.batcher import Batcher
 from rlm.tools import Tools, ToolSet
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool
+    from rlm.backends.docker import ContainerSource
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -58,7 +58,7 @@ class RLM:
         trajectory_path: str | Path | None = None,
         stream: bool = False,
         batcher: Batcher | None = None,
-        pool: ContainerPool | None = None,
+        pool: ContainerSource | None = None,
         tools: Tools | None = None,
         child_tools: Tools | None = None,
         **settings: Any,
@@ -93,7 +93,7 @@ class RLM:
         return self._batcher
 
     @property
-    def pool(self) -> ContainerPool | None:
+    def pool(self) -> ContainerSource | None:
         return self._pool
 
     # -- one question ------------------------------------------------------------------

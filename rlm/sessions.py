@@ -41,7 +41,7 @@ from rlm.tree import RunTree
 from rlm.usage import Usage
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool
+    from rlm.backends.docker import ContainerSource
     from rlm.config import RLMConfig
     from rlm.stack import BackendChoice
     from rlm.tools import ToolSet
@@ -65,7 +65,7 @@ class RLM(Protocol):
     @property
     def shared_batcher(self) -> Batcher | None: ...
     @property
-    def pool(self) -> ContainerPool | None: ...
+    def pool(self) -> ContainerSource | None: ...
 
 
 #: The first bytes of every session snapshot.

@@ -34,7 +34,7 @@ from rlm.subcalls.batcher import Batcher
 from rlm.tree import RunTree
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool
+    from rlm.backends.docker import ContainerSource
     from rlm.tools import ToolSet
 
 #: Makes the sandbox for one session, given the bridge bound to that session.
@@ -98,7 +98,7 @@ def new_session(
 
 
 def sandbox_factory(
-    config: RLMConfig, backend: BackendChoice, *, pool: ContainerPool | None = None
+    config: RLMConfig, backend: BackendChoice, *, pool: ContainerSource | None = None
 ) -> SandboxFactory:
     """Makes ``backend``'s sandboxes as ``config`` says (from ``pool`` when given)."""
 
@@ -155,7 +155,7 @@ def build_session(
     *,
     batcher: BatchRunner | None = None,
     session: SessionState | None = None,
-    pool: ContainerPool | None = None,
+    pool: ContainerSource | None = None,
     emit: Callable[[Event], None] | None = None,
     sandboxes: SandboxFactory | None = None,
     bridge: BridgeFactory = SessionBridge,

@@ -13,7 +13,7 @@ from rlm.backends.base import CellResult, Sandbox, Snapshot
 from rlm.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool
+    from rlm.backends.docker import ContainerSource
     from rlm.bridge import SessionBridge
     from rlm.config import RLMConfig
 
@@ -21,7 +21,7 @@ __all__ = ["CellResult", "Sandbox", "Snapshot", "create_sandbox"]
 
 
 def create_sandbox(
-    name: str, bridge: SessionBridge, config: RLMConfig, *, pool: ContainerPool | None = None
+    name: str, bridge: SessionBridge, config: RLMConfig, *, pool: ContainerSource | None = None
 ) -> Sandbox:
     """A new, not yet started sandbox of backend ``name`` for one session.
 

@@ -277,14 +277,35 @@ async def usage(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     service = service_of(request)
+    engines = _engine_stats(service)
+    # Degraded: some sandbox shape has no healthy engine, so its runs would fail.
+    placeable = all(
+        any(slot.healthy for slot in placement.slots) for placement in service.pools.values()
+    )
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "ok" if placeable else "degraded",
             "replica": service.config.server.replica_id,
             "runs_in_flight": len(service.manager.active),
             "uptime_s": round(time.time() - service.started, 1),
+            "engines": engines,
         }
     )
+
+
+def _engine_stats(service: Service) -> list[dict[str, Any]]:
+    """Each engine once (over every sandbox shape): healthy while every shape's
+    pool on it is, its loads summed."""
+    merged: dict[str, dict[str, Any]] = {}
+    for placement in service.pools.values():
+        for stats in placement.stats():
+            counted = ("live_sandboxes", "ready", "placed")
+            seen = merged.setdefault(stats["engine"], {**stats, **dict.fromkeys(counted, 0)})
+            seen["healthy"] = seen["healthy"] and stats["healthy"]
+            seen["error"] = seen["error"] or stats["error"]
+            for key in counted:
+                seen[key] += stats[key]
+    return list(merged.values())
 
 
 async def metrics(request: Request) -> Response:
@@ -306,6 +327,9 @@ async def metrics(request: Request) -> Response:
     m.queue.labels("sub_calls").set(stats.waiting)
     m.sub_calls_in_flight.set(stats.in_flight)
     m.pool_ready.set(sum(pool.ready for pool in service.pools.values()))
+    for engine in _engine_stats(service):
+        m.engine_healthy.labels(engine["engine"]).set(1 if engine["healthy"] else 0)
+        m.engine_sandboxes.labels(engine["engine"]).set(engine["live_sandboxes"])
     return Response(m.render(), media_type=CONTENT_TYPE)
 
 

@@ -9,6 +9,7 @@ the file, the section and the key, and says what to change.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -215,6 +216,19 @@ class _Loader:
             engine = Engine(**values)
             if (engine.client_cert is None) != (engine.client_key is None):
                 raise self.fail(where, "client_cert and client_key go together: give both")
+            tls = engine.ca_cert is not None or engine.client_cert is not None
+            plain_tcp = engine.url.startswith(("tcp://", "http://")) and not tls
+            if plain_tcp and not engine.insecure_plaintext:
+                raise self.fail(
+                    where,
+                    f"{engine.url} has no TLS, and a plain-TCP Docker API is root on that "
+                    "machine for anyone who can reach it: give ca_cert (and client_cert, "
+                    "client_key), or set insecure_plaintext = true on a trusted network",
+                )
+            for name in ("ca_cert", "client_cert", "client_key"):
+                path = getattr(engine, name)
+                if path is not None and not os.path.isfile(path):
+                    raise self.fail(f"{where} {name}", f"{path} is not a readable file")
             if any(e.url == engine.url for e in engines):
                 raise self.fail(f"{where} url", f"{engine.url} is listed twice")
             engines.append(engine)

@@ -152,7 +152,7 @@ def _prices() -> Kind:
 
 
 def _engine_url() -> Kind:
-    schemes = ("unix", "tcp", "http", "https", "ssh")
+    schemes = ("unix", "tcp", "http", "https")
 
     def parse(value: object) -> object:
         if not isinstance(value, str) or value.split("://", 1)[0] not in schemes:
@@ -337,7 +337,14 @@ ENGINE_KEYS: tuple[Key, ...] = (
     Key(
         "max_sandboxes",
         _integer(1, unlimited=True),
-        "Sandboxes placed on this engine at once.",
+        "Sandboxes placed on this engine at once (by this replica); when every "
+        "healthy engine is full, a run waits up to a minute for room.",
+    ),
+    Key(
+        "insecure_plaintext",
+        _boolean(),
+        "Allow a tcp:// engine without TLS. Refused otherwise: a plain-TCP Docker API "
+        "is root on that machine for anyone who can reach its port.",
     ),
 )
 

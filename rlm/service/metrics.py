@@ -57,6 +57,18 @@ class Metrics:
         self.pool_ready = Gauge(
             "rlm_pool_ready_containers", "Warm sandbox containers ready", registry=r
         )
+        self.engine_healthy = Gauge(
+            "rlm_engine_healthy",
+            "1 while a Docker engine passes its health checks, 0 while drained",
+            ["engine"],
+            registry=r,
+        )
+        self.engine_sandboxes = Gauge(
+            "rlm_engine_sandboxes",
+            "Sandboxes this replica has live on each Docker engine",
+            ["engine"],
+            registry=r,
+        )
 
     def run_finished(self, finished: Finished) -> None:
         record = finished.record

@@ -1,7 +1,8 @@
 """Everything one replica shares across requests, built when the app starts and
 closed when it stops: the store, the tenants' authenticator and quotas, one
-batcher for every run's model calls, one warm container pool per Docker sandbox
-shape the profiles use, and the run manager."""
+batcher for every run's model calls, one placement per Docker sandbox shape the
+profiles use (a warm pool on each Docker engine, :mod:`rlm.service.engines`), and
+the run manager."""
 
 from __future__ import annotations
 
@@ -13,18 +14,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
-
 from rlm.config import RLMConfig
 from rlm.service.metrics import Metrics
 from rlm.service.runs import RunManager
 from rlm.service.sse import keepalive_seconds
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerPool, ContainerSpec
+    from rlm.backends.docker import ContainerSpec
     from rlm.core import RLM
     from rlm.service.auth import Authenticator
     from rlm.service.config import ServiceConfig
+    from rlm.service.engines import Placement
     from rlm.service.quotas import Quotas
     from rlm.service.store import Store
     from rlm.subcalls.batcher import Batcher
@@ -42,7 +42,8 @@ class Service:
     batcher: Batcher
     manager: RunManager
     metrics: Metrics
-    pools: dict[ContainerSpec, ContainerPool] = field(default_factory=dict)
+    #: Where each Docker sandbox shape's containers come from.
+    pools: dict[ContainerSpec, Placement] = field(default_factory=dict)
     keepalive_s: float = 10.0
     started: float = field(default_factory=time.time)
 
@@ -110,9 +111,10 @@ async def running_service(
 
 async def _open_pools(
     config: ServiceConfig, base: RLMConfig, stack: contextlib.AsyncExitStack
-) -> dict[ContainerSpec, ContainerPool]:
-    """One warm pool per container shape of the Docker profiles; entering a pool
-    sweeps the containers of processes that died before removing theirs."""
+) -> dict[ContainerSpec, Placement]:
+    """One placement (a warm pool on every engine) per container shape of the
+    Docker profiles; entering a pool sweeps the containers of processes of this
+    host that died before removing theirs."""
     specs = []
     for profile in config.profiles.values():
         if profile.backend == "docker":
@@ -121,22 +123,14 @@ async def _open_pools(
             spec = ContainerSpec.from_config(profile.rlm_config(base))
             if spec not in specs:
                 specs.append(spec)
-    pools: dict[ContainerSpec, ContainerPool] = {}
+    pools: dict[ContainerSpec, Placement] = {}
     if not specs:
         return pools
-    from rlm.backends.docker import ContainerPool, sweep_orphans
+    from rlm.service.engines import Placement
 
-    try:
-        await anyio.to_thread.run_sync(sweep_orphans)
-    except Exception as exc:
-        log.warning("could not sweep leftover sandbox containers: %s", exc)
     for spec in specs:
-        try:
-            pools[spec] = await stack.enter_async_context(
-                ContainerPool(spec, size=config.server.pool_size)
-            )
-        except Exception as exc:
-            # Runs of this shape then start their containers cold (and say why
-            # they fail if the engine is really gone).
-            log.error("no warm pool for %s sandboxes: %s", spec.runtime, exc)
+        # An engine that cannot be reached starts drained and is retried; runs
+        # then go to the others, or fail saying which engine is down and why.
+        placement = Placement(spec, config.engines, pool_size=config.server.pool_size)
+        pools[spec] = await stack.enter_async_context(placement)
     return pools

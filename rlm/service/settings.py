@@ -120,6 +120,8 @@ class Engine:
     client_key: str | None = None
     #: Sandboxes this engine takes at once; None: no bound of its own.
     max_sandboxes: int | None = None
+    #: Allow tcp:// without TLS (refused otherwise: that API is root on the engine).
+    insecure_plaintext: bool = False
 
 
 @dataclass(frozen=True)

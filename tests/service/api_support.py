@@ -60,7 +60,7 @@ backend = "{backend}"
 [profiles.slow]
 model = "root-slow"
 sub_model = "sub-main"
-backend = "restricted"
+backend = "{backend}"
 
 [profiles.pause]
 model = "root-pause"

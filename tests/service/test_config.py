@@ -73,6 +73,8 @@ def test_the_issues_example_loads_as_written(tmp_path: Path) -> None:
 
 def test_every_key_loads_with_its_type(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / "certs" / name).write_text("-----BEGIN CERTIFICATE-----\n")
     text = f"""
 [server]
 database = "postgresql://rlm@db.internal/rlm"
@@ -126,8 +128,12 @@ max_wall_time_s = 120.5
 url = "tcp://10.0.0.5:2376"
 ca_cert = "certs/ca.pem"
 client_cert = "certs/cert.pem"
-client_key = "/abs/key.pem"
+client_key = "{tmp_path}/certs/key.pem"
 max_sandboxes = 20
+
+[[engines]]
+url = "tcp://127.0.0.1:2375"
+insecure_plaintext = true
 
 [[engines]]
 url = "unix:///var/run/docker.sock"
@@ -175,9 +181,10 @@ url = "unix:///var/run/docker.sock"
         1000000,
     )
     assert (tenant.max_context_bytes, tenant.max_wall_time_s) == (2048, 120.5)
-    first, second = config.engines
+    first, plain, second = config.engines
     assert first.ca_cert == str(tmp_path.resolve() / "certs" / "ca.pem")
-    assert first.client_key == "/abs/key.pem" and first.max_sandboxes == 20
+    assert first.client_key == f"{tmp_path}/certs/key.pem" and first.max_sandboxes == 20
+    assert not first.insecure_plaintext and plain.insecure_plaintext
     assert second.url == "unix:///var/run/docker.sock" and second.ca_cert is None
 
 
@@ -268,8 +275,20 @@ def test_a_relative_database_is_taken_from_the_config_files_folder(
             "client_cert and client_key go together",
         ),
         (
-            PROFILE + TENANT + "[[engines]]\nurl = 'tcp://a:1'\n[[engines]]\nurl = 'tcp://a:1'\n",
+            PROFILE + TENANT + "[[engines]]\nurl = 'tcp://a:1'\ninsecure_plaintext = true\n" * 2,
             "[[engines]] #2 url: tcp://a:1 is listed twice",
+        ),
+        (
+            PROFILE + TENANT + "[[engines]]\nurl = 'tcp://a:1'\n",
+            "tcp://a:1 has no TLS, and a plain-TCP Docker API is root on that machine",
+        ),
+        (
+            PROFILE + TENANT + "[[engines]]\nurl = 'tcp://a:1'\nca_cert = 'nowhere.pem'\n",
+            "ca_cert: ",
+        ),
+        (
+            PROFILE + TENANT + "[[engines]]\nurl = 'ssh://a'\n",
+            "url: must be a Docker engine URL",
         ),
     ],
 )

@@ -317,6 +317,7 @@ async def launch(
 ) -> SandboxContainer:
     """Create, attach, start and handshake one container (removed again on failure)."""
     import docker.errors
+    import requests.exceptions
 
     name = f"rlm-sandbox-{uuid.uuid4().hex[:12]}"
     all_labels = {LABEL: "1", OWNER_LABEL: OWNER, **(labels or {})}
@@ -330,7 +331,9 @@ async def launch(
         # raises it, and the cleanup further down removes the container.
         with anyio.CancelScope(shield=True):
             container = await anyio.to_thread.run_sync(create)
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        # The SDK lets the transport's errors through: an engine that is down or
+        # unreachable is a RequestException (ConnectionError), not a DockerException.
         raise unavailable(exc, spec) from None
     box: SandboxContainer | None = None
     try:
@@ -352,7 +355,7 @@ async def launch(
 
         try:
             sock = await anyio.to_thread.run_sync(attach_and_start)
-        except docker.errors.APIError as exc:
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise unavailable(exc, spec) from None
         box = SandboxContainer(client, container, Channel(sock, max_message=max_message), spec)
         await box.channel.send({"type": "hello", "protocol": protocol.PROTOCOL_VERSION})

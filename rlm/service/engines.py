@@ -1,0 +1,339 @@
+"""Where a run's sandbox goes: the Docker engines of ``[[engines]]``, least loaded first.
+
+One :class:`Placement` per container shape (the profiles' image, runtime and
+limits) holds one warm pool on every engine and hands each new sandbox to the
+healthy engine with the fewest live sandboxes of this replica (ties go to the
+engine listed first). An engine whose health check (a ping, every few seconds)
+fails, or that fails to start a container, is drained: it gets no new
+sandboxes until a check passes again, while the sandboxes already on it run on
+(or fail on their own, with their run). With no ``[[engines]]``, the one engine
+of the environment (``DOCKER_HOST`` and friends, or the local socket) is the
+only one.
+
+An engine over TCP must use TLS (``ca_cert``, and a client certificate where the
+engine asks for one): a plain-TCP Docker API is root on that machine for anyone
+who can reach the port, so it is refused unless the engine's entry says
+``insecure_plaintext = true``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+from rlm_sandbox import protocol
+
+from rlm.errors import ConfigurationError, SandboxUnavailable
+from rlm.service.settings import Engine
+
+if TYPE_CHECKING:
+    import docker.tls
+    from docker import DockerClient
+
+    from rlm.backends.docker import ContainerPool, ContainerSpec, SandboxContainer
+
+log = logging.getLogger("rlm.service")
+
+#: Seconds between two health checks of every engine.
+CHECK_INTERVAL_S = 5.0
+#: A ping slower than this fails the check.
+CHECK_TIMEOUT_S = 5.0
+_UNCHECKED = "not checked yet"
+#: How long a run waits for room when every healthy engine is at ``max_sandboxes``.
+ROOM_WAIT_S = 60.0
+
+
+def tls_config(engine: Engine) -> docker.tls.TLSConfig | bool:
+    """How to reach ``engine``: its TLS settings, or False for plain TCP where the
+    entry allows it. Raises ConfigurationError for a plain-TCP engine not marked
+    insecure."""
+    import docker.tls
+
+    if engine.ca_cert is not None or engine.client_cert is not None:
+        client_cert = None
+        if engine.client_cert is not None and engine.client_key is not None:
+            client_cert = (engine.client_cert, engine.client_key)
+        return docker.tls.TLSConfig(
+            client_cert=client_cert,
+            ca_cert=engine.ca_cert,
+            verify=engine.ca_cert if engine.ca_cert is not None else True,
+        )
+    if engine.url.startswith(("tcp://", "http://")) and not engine.insecure_plaintext:
+        raise ConfigurationError(
+            f"engine {engine.url} has no TLS: a plain-TCP Docker API gives anyone who can "
+            "reach it root on that machine. Give its ca_cert (and client_cert/client_key), "
+            "or set insecure_plaintext = true in its [[engines]] entry if the network "
+            "itself is trusted"
+        )
+    return False
+
+
+def engine_client(engine: Engine | None) -> DockerClient:
+    """A client of ``engine`` (the environment's engine when None).
+
+    Blocking (it asks the engine for its API version): call it off the event loop.
+    """
+    import docker
+
+    from rlm.backends.docker.engine import connect
+
+    if engine is None:
+        return connect()
+    return docker.DockerClient(base_url=engine.url, tls=tls_config(engine), timeout=120)
+
+
+def engine_name(engine: Engine | None) -> str:
+    from rlm.backends.docker.engine import engine_address
+
+    return engine.url if engine is not None else engine_address()
+
+
+@dataclass(eq=False)
+class EngineSlot:
+    """One engine as the placement sees it: its pool, its health, its load."""
+
+    name: str
+    engine: Engine | None
+    client: DockerClient | None = None
+    pool: ContainerPool | None = None
+    healthy: bool = False
+    #: Why the engine is drained (None while healthy).
+    error: str | None = _UNCHECKED
+    #: Containers handed out from this engine whose session has not closed them.
+    handed: list[SandboxContainer] = field(default_factory=list)
+    placed: int = 0
+    #: Sandboxes being started here now: counted as load, so that runs starting at
+    #: the same moment spread out instead of all picking the engine idle before them.
+    starting: int = 0
+
+    @property
+    def live(self) -> int:
+        self.handed = [box for box in self.handed if not box.channel.closed]
+        return len(self.handed)
+
+    @property
+    def load(self) -> int:
+        return self.live + self.starting
+
+    @property
+    def full(self) -> bool:
+        bound = self.engine.max_sandboxes if self.engine is not None else None
+        return bound is not None and self.load >= bound
+
+    def drain(self, why: str) -> None:
+        if self.healthy or self.error == _UNCHECKED:
+            log.error("engine %s drained: %s", self.name, why)
+        self.healthy, self.error = False, why
+
+    def restore(self) -> None:
+        if not self.healthy and self.error != _UNCHECKED:
+            log.warning("engine %s is healthy again", self.name)
+        self.healthy, self.error = True, None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "healthy": self.healthy,
+            "error": self.error,
+            "live_sandboxes": self.live,
+            "ready": self.pool.ready if self.pool is not None else 0,
+            "max_sandboxes": self.engine.max_sandboxes if self.engine is not None else None,
+            "placed": self.placed,
+        }
+
+
+class Placement:
+    """A :class:`~rlm.backends.docker.source.ContainerSource` over several engines.
+
+    Use it inside ``async with``: entering connects to every engine (one that
+    cannot be reached starts drained, and is checked again like any other), opens
+    a warm pool of ``pool_size`` on each, and starts the health checks.
+    """
+
+    def __init__(
+        self,
+        spec: ContainerSpec,
+        engines: Sequence[Engine] = (),
+        *,
+        pool_size: int = 2,
+        max_message: int = protocol.DEFAULT_MAX_MESSAGE,
+        check_interval_s: float = CHECK_INTERVAL_S,
+        room_wait_s: float = ROOM_WAIT_S,
+    ) -> None:
+        self.spec = spec
+        self.pool_size = pool_size
+        self.max_message = max_message
+        self.check_interval_s = check_interval_s
+        self.room_wait_s = room_wait_s
+        listed: Sequence[Engine | None] = engines or [None]
+        self.slots = [EngineSlot(engine_name(e), e) for e in listed]
+        self._tasks: anyio.abc.TaskGroup | None = None
+        self._closing = anyio.Event()
+        #: The health checks and engines' connect loops, cancelled on close.
+        self._scopes: list[anyio.CancelScope] = []
+
+    @property
+    def ready(self) -> int:
+        """Warm containers ready on the healthy engines."""
+        return sum(s.pool.ready for s in self.slots if s.pool is not None and s.healthy)
+
+    @property
+    def live(self) -> int:
+        return sum(slot.live for slot in self.slots)
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [slot.stats() for slot in self.slots]
+
+    async def __aenter__(self) -> Placement:
+        for slot in self.slots:
+            if slot.engine is not None:
+                tls_config(slot.engine)  # a plain-TCP engine is refused before anything
+        tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        self._tasks, self._closing = tasks, anyio.Event()
+        try:
+            first_tries = []
+            for slot in self.slots:
+                tried = anyio.Event()
+                first_tries.append(tried)
+                tasks.start_soon(self._serve_engine, slot, tried)
+            for tried in first_tries:
+                await tried.wait()
+            tasks.start_soon(self._check_forever)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tasks, self._tasks = self._tasks, None
+        if tasks is None:
+            return
+        # Each engine's task closes its own pool (entered in that task) on the way out.
+        self._closing.set()
+        for scope in self._scopes:
+            scope.cancel()
+        await tasks.__aexit__(None, None, None)
+
+    async def _serve_engine(self, slot: EngineSlot, tried: anyio.Event) -> None:
+        """Connect to one engine (again and again until it answers) and keep its
+        warm pool open until the placement closes."""
+        from rlm.backends.docker import ContainerPool
+
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            while slot.client is None:
+                try:
+                    slot.client = await anyio.to_thread.run_sync(
+                        engine_client, slot.engine, abandon_on_cancel=True
+                    )
+                except Exception as exc:
+                    slot.drain(f"cannot connect: {_short(exc)}")
+                    tried.set()
+                    await anyio.sleep(self.check_interval_s)
+        if slot.client is None:
+            tried.set()
+            return
+        try:
+            pool = ContainerPool(
+                self.spec,
+                size=self.pool_size,
+                docker_client=slot.client,
+                max_message=self.max_message,
+            )
+            async with pool:
+                slot.pool = pool
+                slot.restore()
+                tried.set()
+                await self._closing.wait()
+        finally:
+            tried.set()
+            slot.pool = None
+            slot.client.close()
+
+    # -- placing a sandbox -----------------------------------------------------------
+
+    def _choices(self) -> list[EngineSlot]:
+        open_slots = [s for s in self.slots if s.healthy and s.pool is not None and not s.full]
+        # Stable: among engines equally loaded, the one listed first.
+        return sorted(open_slots, key=lambda s: s.load)
+
+    async def acquire(self, labels: Mapping[str, str] | None = None) -> SandboxContainer:
+        """A started container from the least-loaded healthy engine with room.
+
+        An engine that fails to start one is drained and the next one is tried;
+        when every healthy engine is full, waits up to ``room_wait_s`` for room.
+        """
+        deadline = time.monotonic() + self.room_wait_s
+        while True:
+            for slot in self._choices():
+                assert slot.pool is not None
+                slot.starting += 1
+                try:
+                    box = await slot.pool.acquire(labels)
+                except SandboxUnavailable as exc:
+                    slot.drain(f"could not start a sandbox: {_short(exc)}")
+                    continue
+                finally:
+                    slot.starting -= 1
+                slot.handed.append(box)
+                slot.placed += 1
+                return box
+            if any(s.healthy and s.pool is not None for s in self.slots):
+                if time.monotonic() < deadline:
+                    await anyio.sleep(0.1)
+                    continue
+                raise SandboxUnavailable(
+                    f"every healthy Docker engine is at its max_sandboxes and none had room "
+                    f"within {self.room_wait_s:g} s; try again later, or raise max_sandboxes"
+                )
+            reasons = "; ".join(f"{s.name}: {s.error}" for s in self.slots)
+            raise SandboxUnavailable(
+                f"no Docker engine can take a sandbox now ({reasons}); the operator must "
+                "bring an engine back (see /healthz)"
+            )
+
+    # -- health ----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Ping every engine once: drain the ones that fail, restore the ones back."""
+        async with anyio.create_task_group() as tasks:
+            for slot in self.slots:
+                tasks.start_soon(self._check_one, slot)
+
+    async def _check_one(self, slot: EngineSlot) -> None:
+        if slot.client is None or slot.pool is None:
+            return  # not connected: its own task keeps trying
+        try:
+            with anyio.fail_after(CHECK_TIMEOUT_S):
+                await anyio.to_thread.run_sync(slot.client.ping, abandon_on_cancel=True)
+        except TimeoutError:
+            slot.drain(f"health check: no answer within {CHECK_TIMEOUT_S:g} s")
+        except Exception as exc:
+            slot.drain(f"health check: {_short(exc)}")
+        else:
+            slot.restore()
+
+    async def _check_forever(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes.append(scope)
+            while True:
+                await anyio.sleep(self.check_interval_s)
+                await self.check()
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
