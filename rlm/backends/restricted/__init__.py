@@ -46,4 +46,8 @@ def make_restricted(
     """A restricted sandbox for ``bridge`` in ``isolation`` mode (see :data:`ISOLATIONS`)."""
     if isolation == "inprocess":
         return RestrictedSandbox(bridge, **kwargs)
+    if isolation == "process":
+        from rlm.backends.restricted.process import ProcessSandbox
+
+        return ProcessSandbox(bridge, **kwargs)
     raise ValueError(f"unknown restricted isolation {isolation!r}; use one of {ISOLATIONS}")

@@ -179,6 +179,13 @@ class RestrictedSandbox(Sandbox):
             self._epoch.namespace.update(values)
         return list(values)
 
+    def define_tools(self) -> None:
+        """Give model code the bridge's tools as they are now (a worker learns them late)."""
+        epoch = self._epoch
+        if epoch is not None:
+            transport = self._make_transport(epoch.guards)
+            epoch.namespace.update(make_functions(transport, self.bridge.tool_specs))
+
     def _tool_names(self) -> list[str]:
         return [str(spec["name"]) for spec in self.bridge.tool_specs or []]
 
