@@ -16,6 +16,11 @@ from rlm.limits import SessionLimits
 from rlm.tree import ModelPrice
 
 BACKENDS = ("auto", "restricted", "docker")
+#: Where the restricted backend runs cells (see rlm.backends.restricted): in a
+#: confined worker process, or in this process. In-process is the default: a worker
+#: costs ~15-350 ms to start and ~0.9 ms per cell against 0.2 and 0.09 ms
+#: (bench/bench_restricted.py).
+RESTRICTED_ISOLATIONS = ("inprocess", "process")
 
 
 def _env(
@@ -41,6 +46,7 @@ _ENVIRONMENT: dict[str, tuple[str, type[str] | type[int] | type[float]]] = {
     "api_key": ("OPENAI_API_KEY", str),
     "base_url": ("OPENAI_BASE_URL", str),
     "backend": ("RLM_BACKEND", str),
+    "restricted_isolation": ("RLM_RESTRICTED_ISOLATION", str),
     "docker_runtime": ("RLM_DOCKER_RUNTIME", str),
     "image": ("RLM_IMAGE", str),
     "docker_memory": ("RLM_DOCKER_MEMORY", str),
@@ -99,6 +105,8 @@ class RLMConfig:
     api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     backend: str = "auto"
+    #: The restricted backend's isolation: "inprocess" or "process" (a worker process).
+    restricted_isolation: str = "inprocess"
     docker_runtime: str = DEFAULT_RUNTIME
     image: str = DEFAULT_IMAGE
     #: Container memory limit (swap included).
@@ -161,6 +169,11 @@ class RLMConfig:
         if self.backend not in BACKENDS:
             raise ConfigurationError(
                 f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        if self.restricted_isolation not in RESTRICTED_ISOLATIONS:
+            raise ConfigurationError(
+                f"unknown restricted_isolation {self.restricted_isolation!r}; choose one of "
+                + ", ".join(RESTRICTED_ISOLATIONS)
             )
         if self.cell_timeout <= 0 or self.request_timeout <= 0:
             raise ConfigurationError("timeouts must be positive")

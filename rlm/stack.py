@@ -103,6 +103,12 @@ def sandbox_factory(
     """Makes ``backend``'s sandboxes as ``config`` says (from ``pool`` when given)."""
 
     def make(bridge: SessionBridge) -> Sandbox:
+        if backend.name == "restricted" and config.restricted_isolation != "inprocess":
+            from rlm.backends.restricted import make_restricted
+
+            return make_restricted(
+                bridge, isolation=config.restricted_isolation, output_limit=config.output_limit
+            )
         return create_sandbox(backend.name, bridge, config, pool=pool)
 
     return make
