@@ -200,6 +200,13 @@ SERVER_KEYS: tuple[Key, ...] = (
         "marks its own leftover runs interrupted. Default: <hostname>:<pid>. Give each "
         "replica a stable, distinct one.",
     ),
+    Key(
+        "replica_timeout_s",
+        _number(),
+        "Replicas store a heartbeat every sixth of this; one silent for this long is "
+        "taken for dead (its host crashed or lost the database), and another replica "
+        "marks its runs in flight interrupted.",
+    ),
 )
 
 #: Keys of a profile that are SessionLimits fields (rlm/limits.py).

@@ -111,6 +111,8 @@ class RunManager:
         """Runs this replica (or a dead process of this host before it) left in
         flight are marked interrupted, with the reason; returns their ids."""
         ids = await self.store.mark_interrupted(self.replica, RESTARTED)
+        # Alive before the first run is taken, so no other replica reaps them.
+        await self.heartbeat()
         dead: set[str] = set()
         for tenant in self.config.tenants:
             for record in await self.store.list_runs(tenant.name, limit=1000):
@@ -124,20 +126,60 @@ class RunManager:
         return ids
 
     async def watch(self) -> None:
-        """Forever: cancel the runs in flight here that a client cancelled through
-        another replica (which can only mark them in the shared store)."""
+        """Forever: say this replica is alive; cancel the runs in flight here that a
+        client cancelled through another replica (which can only mark them in the
+        shared store), or that another replica gave up on as interrupted; and mark
+        interrupted the runs of replicas that stopped saying they are alive."""
+        timeout = self.config.server.replica_timeout_s
+        # Six beats per timeout: a replica is reaped only after missing five.
+        beat_every = max(0.2, timeout / 6)
+        next_beat = 0.0
         while True:
-            await asyncio.sleep(CANCEL_POLL_S)
-            for run in list(self.active.values()):
-                if run.stop is not None or run.finishing:
-                    continue
-                try:
-                    stored = await self.store.get_run(run.record.tenant, run.record.id)
-                except Exception as exc:
-                    log.warning("could not read run %s: %s", run.record.id, exc)
-                    break
-                if stored is not None and stored.status == "cancelled":
-                    self._cancel(run, "cancelled", stored.error or "cancelled by the client")
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + beat_every
+                await self.heartbeat()
+                await self.reap_silent_replicas()
+            await self._follow_stored_stops()
+            await asyncio.sleep(min(CANCEL_POLL_S, beat_every))
+
+    async def heartbeat(self) -> None:
+        try:
+            await self.store.heartbeat(self.replica, time.time())
+        except Exception as exc:
+            log.warning("could not store this replica's heartbeat: %s", exc)
+
+    async def reap_silent_replicas(self) -> list[str]:
+        """Runs of replicas silent for ``replica_timeout_s`` are marked interrupted
+        (a replica on another host that died: its processes are not visible here)."""
+        timeout = self.config.server.replica_timeout_s
+        try:
+            owners = await self.store.silent_owners(time.time() - timeout)
+            ids: list[str] = []
+            for owner in owners:
+                if owner == self.replica:
+                    continue  # alive, by definition; its own heartbeat write failed
+                reason = f"its replica {owner} stopped answering for over {timeout:g} s"
+                found = await self.store.mark_interrupted(owner, reason)
+                if found:
+                    log.warning("%d run(s) of silent replica %s: interrupted", len(found), owner)
+                ids += found
+        except Exception as exc:
+            log.warning("could not look for silent replicas: %s", exc)
+            return []
+        return ids
+
+    async def _follow_stored_stops(self) -> None:
+        for run in list(self.active.values()):
+            if run.stop is not None or run.finishing:
+                continue
+            try:
+                stored = await self.store.get_run(run.record.tenant, run.record.id)
+            except Exception as exc:
+                log.warning("could not read run %s: %s", run.record.id, exc)
+                return
+            if stored is not None and stored.status in ("cancelled", "interrupted"):
+                why = stored.error or "cancelled by the client"
+                self._cancel(run, stored.status, why)
 
     async def shutdown(self, reason: str = STOPPED) -> None:
         """Cancel every run in flight, marking it interrupted; wait for them to end."""

@@ -41,6 +41,8 @@ class ServerSettings:
     #: The shared batcher's global limit on sub-calls in flight.
     max_concurrent_sub_calls: int = 256
     replica_id: str = field(default_factory=_replica_id)
+    #: A replica silent this long is taken for dead, its runs in flight interrupted.
+    replica_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

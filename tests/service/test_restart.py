@@ -63,3 +63,33 @@ def test_stopped_and_killed_servers_leave_their_runs_interrupted(tmp_path: Path)
         # Finished runs are as they were.
         assert read_back(service, stopped)[0]["status"] == "interrupted"
         assert service.stop() == 0
+
+
+def test_a_replica_dead_on_another_host_has_its_runs_interrupted_by_another(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Replica "a" claims another host's name, so no pid check on this machine can
+    # see it die: only its missing heartbeats tell replica "b" it is gone.
+    with OfflineModelServer(scripts=SCRIPTS) as model_server:
+        replicas = []
+        for name, replica_id in (("a", "elsewhere.example:41"), ("b", "here.example:42")):
+            (tmp_path / name).mkdir()
+            service = Service(tmp_path / name, model_server, database_url)
+            server = f'[server]\nreplica_id = "{replica_id}"\nreplica_timeout_s = 1.5\n'
+            service.config.write_text(service.config.read_text().replace("[server]\n", server))
+            replicas.append(service.start())
+        doomed, survivor = replicas
+        try:
+            run_id = start_slow_run(doomed, model_server)
+            doomed.stop(signal.SIGKILL)
+            with survivor.client() as client:
+                run = wait_status(client, run_id, {"interrupted"}, timeout=20)
+                assert run["error"] == (
+                    "its replica elsewhere.example:41 stopped answering for over 1.5 s"
+                )
+                # The survivor's own runs are untouched by its reaping.
+                answer = client.post("/v1/runs", json={"profile": "rlm", "query": "q"})
+                mine = answer.json()["id"]
+                assert wait_status(client, mine, {"succeeded", "failed"})["status"] == "succeeded"
+        finally:
+            assert survivor.stop() == 0

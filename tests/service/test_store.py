@@ -264,6 +264,24 @@ async def test_mark_interrupted_ends_only_that_owners_unfinished_runs(store: Sto
     assert await store.mark_interrupted("replica-a", "again") == []
 
 
+async def test_silent_owners_are_the_replicas_with_runs_in_flight_and_no_recent_beat(
+    store: Store,
+) -> None:
+    await store.create_run(run("a1", status="running", owner="alive"))
+    await store.create_run(run("s1", status="running", owner="silent"))
+    await store.create_run(run("s2", status="queued", owner="silent"))
+    await store.create_run(run("n1", status="running", owner="never-beat"))
+    await store.create_run(run("f1", status="succeeded", owner="finished-only"))
+    await store.heartbeat("alive", 100.0)
+    await store.heartbeat("silent", 10.0)
+    await store.heartbeat("finished-only", 10.0)
+    await store.heartbeat("alive", 200.0)  # a later beat replaces the first
+    assert await store.silent_owners(150.0) == ["never-beat", "silent"]
+    assert await store.silent_owners(250.0) == ["alive", "never-beat", "silent"]
+    await store.mark_interrupted("silent", "gone")
+    assert await store.silent_owners(150.0) == ["never-beat"]
+
+
 async def test_a_store_opened_after_the_first_closed_reads_everything(database_url: str) -> None:
     first = open_store(database_url)
     await first.open()

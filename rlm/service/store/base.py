@@ -51,6 +51,8 @@ class Store(Protocol):
         self, run_id: str, after: int = 0, limit: int = 1000
     ) -> list[tuple[int, dict[str, Any]]]: ...
     async def mark_interrupted(self, owner: str, reason: str) -> list[str]: ...
+    async def heartbeat(self, replica: str, now: float) -> None: ...
+    async def silent_owners(self, before: float) -> list[str]: ...
     async def tokens_used(self, tenant: str, since: float) -> int: ...
     async def counts_by_status(self) -> dict[str, int]: ...
 
@@ -114,6 +116,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, seq)
         )""",
     ),
+    # Replicas say they are alive here, so that one can tell when another (on
+    # another host, whose processes it cannot see) has died with runs in flight.
+    (
+        """CREATE TABLE rlm_replicas (
+            id TEXT PRIMARY KEY,
+            heartbeat DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 #: The schema this code writes. A database at a higher version was written by a newer
 #: rlm, which this one refuses rather than misreads.
@@ -142,6 +152,18 @@ READ_EVENTS: Final = (
 INTERRUPT: Final = (
     "UPDATE rlm_runs SET status = 'interrupted', error = %s, finished_at = %s "
     "WHERE owner = %s AND status IN ('queued', 'running') RETURNING id"
+)
+HEARTBEAT: Final = (
+    "INSERT INTO rlm_replicas (id, heartbeat) VALUES (%s, %s) "
+    "ON CONFLICT (id) DO UPDATE SET heartbeat = EXCLUDED.heartbeat"
+)
+#: Replicas owning runs in flight that have not said they are alive since %s (or
+#: never did: the runs of a replica of an older rlm, or of a replica that died
+#: before its first heartbeat).
+SILENT_OWNERS: Final = (
+    "SELECT DISTINCT r.owner FROM rlm_runs r LEFT JOIN rlm_replicas p ON p.id = r.owner "
+    "WHERE r.status IN ('queued', 'running') AND r.owner IS NOT NULL "
+    "AND (p.heartbeat IS NULL OR p.heartbeat < %s)"
 )
 TOKENS_USED: Final = (
     "SELECT COALESCE(SUM(total_tokens), 0) FROM rlm_runs WHERE tenant = %s AND finished_at >= %s"

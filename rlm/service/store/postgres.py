@@ -228,6 +228,16 @@ class PostgresStore:
             rows = await cur.fetchall()
         return sorted(str(row[0]) for row in rows)
 
+    async def heartbeat(self, replica: str, now: float) -> None:
+        async with self._conn() as conn:
+            await conn.execute(base.HEARTBEAT, (replica, now))
+
+    async def silent_owners(self, before: float) -> list[str]:
+        async with self._conn() as conn:
+            cur = await conn.execute(base.SILENT_OWNERS, (before,))
+            rows = await cur.fetchall()
+        return sorted(str(row[0]) for row in rows)
+
     async def tokens_used(self, tenant: str, since: float) -> int:
         async with self._conn() as conn:
             cur = await conn.execute(base.TOKENS_USED, (tenant, since))

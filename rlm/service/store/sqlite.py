@@ -44,6 +44,8 @@ INSERT_EVENT = _q(base.INSERT_EVENT)
 READ_EVENTS = _q(base.READ_EVENTS)
 INTERRUPT = _q(base.INTERRUPT)
 TOKENS_USED = _q(base.TOKENS_USED)
+HEARTBEAT = _q(base.HEARTBEAT)
+SILENT_OWNERS = _q(base.SILENT_OWNERS)
 
 
 class SQLiteStore:
@@ -262,6 +264,19 @@ class SQLiteStore:
             return sorted(str(row[0]) for row in rows)
 
         return await self._call(interrupt)
+
+    async def heartbeat(self, replica: str, now: float) -> None:
+        def beat(conn: sqlite3.Connection) -> None:
+            with self._write(conn):
+                conn.execute(HEARTBEAT, (replica, now))
+
+        await self._call(beat)
+
+    async def silent_owners(self, before: float) -> list[str]:
+        def silent(conn: sqlite3.Connection) -> list[str]:
+            return sorted(str(row[0]) for row in conn.execute(SILENT_OWNERS, (before,)))
+
+        return await self._call(silent)
 
     async def tokens_used(self, tenant: str, since: float) -> int:
         def used(conn: sqlite3.Connection) -> int:
