@@ -12,8 +12,10 @@ back (a call refused for too many values) is itself a valid host message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+import threading
 from typing import Any
 
 import anyio
@@ -33,7 +35,7 @@ def mux(stream: int, data: bytes) -> bytes:
 
 
 async def exchange(
-    wire: bytes, *, limit: int = 50, max_values: int | None = None
+    wire: bytes, *, limit: int = 50
 ) -> tuple[list[dict[str, Any]], BaseException | None, bytes, int]:
     """Send ``wire`` to a Channel and close; returns (messages, how it ended, what the
     host wrote back, stderr kept)."""
@@ -41,24 +43,29 @@ async def exchange(
     channel = C.Channel(host)
     got: list[dict[str, Any]] = []
     ended: BaseException | None = None
+
+    def write() -> None:  # from a thread: more than a socket buffer may be on the way
+        with contextlib.suppress(OSError):
+            sandbox.sendall(wire)
+            sandbox.shutdown(socket.SHUT_WR)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
     try:
-        sandbox.sendall(wire)
-        sandbox.shutdown(socket.SHUT_WR)
         with anyio.fail_after(10):
             for _ in range(limit):
                 got.append(await channel.receive())
     except (ProtocolError, C.ContainerGone) as exc:
         ended = exc
     finally:
-        sandbox.setblocking(False)
+        stderr = len(channel.stderr)
+        channel.close()  # a writer still blocked on a full buffer now fails and ends
+        writer.join(10)
+        sandbox.settimeout(5)
         back = b""
-        try:
+        with contextlib.suppress(OSError):
             while chunk := sandbox.recv(1 << 20):
                 back += chunk
-        except BlockingIOError:
-            pass
-        stderr = len(channel.stderr)
-        channel.close()
         sandbox.close()
     return got, ended, back, stderr
 
@@ -175,3 +182,23 @@ def test_a_call_of_too_many_values_with_an_id_out_of_range_ends_the_session() ->
     assert isinstance(ended, ProtocolError)
     with pytest.raises(P.ProtocolViolation):
         P.validate({"type": "refused", "id": P.MAX_ID + 1, "message": "x"}, P.FROM_HOST)
+
+
+@given(st.integers(1, 3), st.integers(0, 1 << 20))
+@settings(max_examples=examples(3), deadline=None)
+def test_a_message_over_a_mib_is_decoded_off_the_loop_and_comes_through_equal(
+    parts: int, at: int
+) -> None:
+    """Messages of 1 MiB and more are decoded in a worker thread (the cyclic
+    collector paused): the same message comes out, and the collector is back on."""
+    import gc
+
+    prompts = [f"{i:07d}" * 16 for i in range(parts * (1 << 20) // 100)]
+    message = {"type": "call", "id": 9, "method": "llm_batch", "params": {"prompts": prompts}}
+    frames = P.encode_bytes(message)
+    wire = b"".join(mux(1, piece) for piece in cut(frames, [at, at * 3]))
+    got, ended, back, _ = run(wire)
+    assert isinstance(ended, C.ContainerGone)
+    assert got == [message]
+    assert back == b""
+    assert gc.isenabled()
