@@ -130,6 +130,8 @@ class Limits:
     #: Tasks the worker may add to its user's count (threads count as tasks).
     tasks: int = 64
     seccomp: bool = True
+    #: Not a limit: how long the worker's soft stop waits before it gives a thread up.
+    stop_grace_s: float = 2.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

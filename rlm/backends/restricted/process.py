@@ -81,7 +81,10 @@ class ProcessSandbox(Sandbox):
     ) -> None:
         super().__init__(bridge, output_limit=output_limit)
         self.limits = Limits(
-            memory_bytes=memory_limit_bytes, cpu_seconds=cpu_seconds, seccomp=seccomp
+            memory_bytes=memory_limit_bytes,
+            cpu_seconds=cpu_seconds,
+            seccomp=seccomp,
+            stop_grace_s=stop_grace_s,
         )
         self.stop_grace_s = stop_grace_s
         self.spare = spare
@@ -432,12 +435,13 @@ class ProcessSandbox(Sandbox):
                 reply: dict[str, Any] = {"type": "reply", "id": call_id, "result": value}
             except BridgeRefusal as exc:
                 reply = {"type": "refused", "id": call_id, "message": str(exc)}
-            except Exception:
+            except Exception as exc:
+                # As in-process: the exception's type, never its message or traceback.
                 log.exception("sub-call %s failed inside the host", message["method"])
                 reply = {
                     "type": "refused",
                     "id": call_id,
-                    "message": "the host could not complete this sub-call (internal error)",
+                    "message": f"the host could not complete this sub-call ({type(exc).__name__})",
                 }
             await pipes.send(reply)
         except WorkerGone as exc:

@@ -64,7 +64,9 @@ class Worker:
         self._next_call = 0
         self.bridge = WireBridge(self)
         self.box = RestrictedSandbox(
-            cast(SessionBridge, self.bridge), memory_limit_bytes=limits.memory_bytes
+            cast(SessionBridge, self.bridge),
+            memory_limit_bytes=limits.memory_bytes,
+            stop_grace_s=limits.stop_grace_s,
         )
         self._requests, self._queue = anyio.create_memory_object_stream[dict[str, Any]](64)
         self._current: anyio.CancelScope | None = None

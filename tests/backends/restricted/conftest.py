@@ -7,12 +7,20 @@ from collections.abc import AsyncIterator
 import pytest
 
 from rlm.backends.restricted import RestrictedSandbox
-from tests.backends.restricted.support import make_sandbox
+from tests.backends.restricted.support import make_isolated
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A module that sets ISOLATIONS runs its tests of ``box`` in each mode listed.
+    modes = getattr(metafunc.module, "ISOLATIONS", None)
+    if modes and "box" in metafunc.fixturenames:
+        metafunc.parametrize("box", modes, indirect=True)
 
 
 @pytest.fixture
-async def box() -> AsyncIterator[RestrictedSandbox]:
-    sandbox, _batcher, _bridge = make_sandbox()
+async def box(request: pytest.FixtureRequest) -> AsyncIterator[RestrictedSandbox]:
+    isolation = getattr(request, "param", "inprocess")
+    sandbox, _batcher, _bridge = make_isolated(isolation)
     await sandbox.start()
     await sandbox.load_context("The capital of Atlantis is Poseidonia.\n" * 10)
     yield sandbox

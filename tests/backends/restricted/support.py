@@ -61,6 +61,19 @@ def make_sandbox(**kwargs: Any) -> tuple[RestrictedSandbox, FakeBatcher, Session
     return RestrictedSandbox(bridge, **kwargs), batcher, bridge
 
 
+def make_isolated(isolation: str, **kwargs: Any) -> tuple[Any, FakeBatcher, SessionBridge]:
+    """A sandbox of the restricted backend in ``isolation`` mode (a worker process or not)."""
+    if isolation == "inprocess":
+        return make_sandbox(**kwargs)
+    from rlm.backends.restricted.process import ProcessSandbox
+
+    batcher = FakeBatcher()
+    session = SessionState(sub_model="sub", limits=SessionLimits(max_batch_size=5))
+    bridge = SessionBridge(batcher, session)  # type: ignore[arg-type]
+    kwargs.setdefault("output_limit", 10_000)
+    return ProcessSandbox(bridge, **kwargs), batcher, bridge
+
+
 async def run(box: RestrictedSandbox, code: str, timeout: float = 10.0) -> Any:
     return await box.execute(code, timeout)
 
