@@ -6,10 +6,14 @@ helps: 429 with ``Retry-After`` (a slot frees, the minute rolls on, the UTC day 
 or 403 / 413 where it never will (a profile the tenant does not have, a context over
 its size limit). An accepted run holds an :class:`Admission` until it ends.
 
-Counts live in this replica's memory, on one event loop: there is no await between
-the checks and taking the slot, so two requests cannot both take the last one. With
-several replicas, runs at once and runs per minute are per replica; tokens per day
-come from the shared store (briefly cached), so they hold across replicas.
+This replica's own runs are counted in its memory, on one event loop: there is no
+await between the last check and taking the slot, so two requests here cannot both
+take the last one. With several replicas sharing a store, the runs the others have
+in flight and started in the last minute are read from the store at each admission
+(after the local checks, so a flood refused here costs no queries) and added in;
+tokens per day come from the store too (briefly cached). Two replicas admitting the
+same tenant's last slot at the same instant can both take it: a tenant may go over
+by at most one run per other replica, for as long as those runs last.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from rlm.service.settings import ServiceConfig, Tenant
+from rlm.service.store.base import TenantLoad
 
 Quota = Literal["profile", "context_bytes", "concurrent_runs", "runs_per_minute", "tokens_per_day"]
 
@@ -92,9 +97,13 @@ class Quotas:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         tokens_cache_s: float = TOKENS_CACHE_S,
+        others_load: Callable[[str, float], Awaitable[TenantLoad]] | None = None,
     ) -> None:
         self.config = config
         self._tokens_used = tokens_used
+        #: (tenant, since) -> what other replicas run for the tenant; None: no others.
+        self._others_load = others_load
+        self._others: dict[str, TenantLoad] = {}
         self._clock = clock
         self._wall = wall
         self._tokens_cache_s = tokens_cache_s
@@ -126,6 +135,13 @@ class Quotas:
         if tenant.tokens_per_day is not None:
             await self._check_tokens(tenant, tenant.tokens_per_day)
             self._check_slots(tenant)
+        if self._others_load is not None:
+            since = self._wall() - WINDOW_S
+            self._others[tenant.name] = await self._others_load(tenant.name, since)
+            try:
+                self._check_slots(tenant)
+            finally:
+                self._others.pop(tenant.name, None)
         self._active[tenant.name] = self._active.get(tenant.name, 0) + 1
         if tenant.runs_per_minute is not None:
             self._starts.setdefault(tenant.name, deque()).append(self._clock())
@@ -167,7 +183,8 @@ class Quotas:
     # -- the checks ------------------------------------------------------------------------
 
     def _check_slots(self, tenant: Tenant) -> None:
-        if self.active(tenant.name) >= tenant.max_concurrent_runs:
+        others = self._others.get(tenant.name, TenantLoad())
+        if self.active(tenant.name) + others.in_flight >= tenant.max_concurrent_runs:
             raise QuotaExceeded(
                 "concurrent_runs",
                 429,
@@ -178,12 +195,16 @@ class Quotas:
         if tenant.runs_per_minute is None:
             return
         window = self._window(tenant.name)
-        if len(window) >= tenant.runs_per_minute:
-            frees_in = window[0] + WINDOW_S - self._clock()
+        started = len(window) + others.started
+        if started >= tenant.runs_per_minute:
+            frees = [window[0] + WINDOW_S - self._clock()] if window else []
+            if others.oldest_start is not None:
+                frees.append(others.oldest_start + WINDOW_S - self._wall())
+            frees_in = min(frees) if frees else WINDOW_S
             raise QuotaExceeded(
                 "runs_per_minute",
                 429,
-                f"tenant {tenant.name!r} started {len(window)} runs in the last minute, its "
+                f"tenant {tenant.name!r} started {started} runs in the last minute, its "
                 f"limit of {tenant.runs_per_minute}; retry in {math.ceil(frees_in)} s",
                 max(frees_in, 0.0),
             )

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from rlm.service.engines import Placement
     from rlm.service.quotas import Quotas
     from rlm.service.store import Store
+    from rlm.service.store.base import TenantLoad
     from rlm.subcalls.batcher import Batcher
 
 log = logging.getLogger("rlm.service")
@@ -83,7 +84,12 @@ async def running_service(
                 pool = pools.get(ContainerSpec.from_config(run_config))
             return RLM(run_config, batcher=batcher, pool=pool, on_event=on_event)
 
-        quotas = Quotas(config, store.tokens_used)
+        replica = config.server.replica_id
+
+        async def others_load(tenant: str, since: float) -> TenantLoad:
+            return await store.others_load(tenant, since, replica)
+
+        quotas = Quotas(config, store.tokens_used, others_load=others_load)
         manager = RunManager(
             config, store, quotas, make_rlm, base=base, on_finish=metrics.run_finished
         )

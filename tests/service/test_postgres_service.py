@@ -63,3 +63,35 @@ def test_two_replicas_share_runs_through_postgresql(postgres_url: str, tmp_path:
         finally:
             assert first.stop() == 0
             assert second.stop() == 0
+
+
+def test_quotas_hold_across_replicas(postgres_url: str, tmp_path: Path) -> None:
+    with OfflineModelServer(scripts=SCRIPTS) as model_server:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first = Service(tmp_path / "a", model_server, postgres_url).start()
+        second = Service(tmp_path / "b", model_server, postgres_url).start()
+        try:
+            # "tiny" may run one at a time: its run on the first replica fills it.
+            with first.client("tiny") as a, second.client("tiny") as b:
+                before = slow_calls(model_server)
+                slow = a.post("/v1/runs", json={"profile": "slow", "query": "Wait."})
+                wait_for_the_slow_sub_call(model_server, before)
+                refused = b.post("/v1/runs", json={"profile": "slow", "query": "Again."})
+                assert refused.status_code == 429, refused.text
+                assert "runs in flight" in refused.json()["error"]["message"]
+                assert refused.headers["retry-after"]
+                assert b.delete(f"/v1/runs/{slow.json()['id']}").status_code == 200
+                wait_status(a, slow.json()["id"], {"cancelled"})
+                again = b.post("/v1/runs", json={"profile": "rlm", "query": "q"})
+                assert again.status_code == 202, again.text
+            # "burst" may start one run a minute, wherever it starts it.
+            with first.client("burst") as a, second.client("burst") as b:
+                assert a.post("/v1/runs", json={"profile": "rlm", "query": "q"}).status_code == 202
+                refused = b.post("/v1/runs", json={"profile": "rlm", "query": "q"})
+                assert refused.status_code == 429, refused.text
+                assert "in the last minute" in refused.json()["error"]["message"]
+                assert 0 < int(refused.headers["retry-after"]) <= 60
+        finally:
+            assert first.stop() == 0
+            assert second.stop() == 0

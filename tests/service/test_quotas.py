@@ -236,3 +236,44 @@ async def test_usage_reports_where_the_tenant_stands() -> None:
     assert usage["tokens_per_day"] == {"used": 42, "limit": 1000, "resets_in_s": 10800.0}
     assert usage["profiles"] == ["rlm"]
     held.release()
+
+
+async def test_runs_on_other_replicas_count_against_the_same_quotas() -> None:
+    from dataclasses import replace
+
+    from rlm.service.store.base import TenantLoad
+
+    tenant = replace(TENANT, max_concurrent_runs=2, runs_per_minute=3)
+    clock = Clock()
+    seen: list[tuple[str, float]] = []
+    others = TenantLoad()
+
+    async def others_load(name: str, since: float) -> TenantLoad:
+        seen.append((name, since))
+        return others
+
+    q = Quotas(
+        CONFIG,
+        Store().tokens_used,
+        clock=lambda: clock.now,
+        wall=lambda: clock.wall,
+        others_load=others_load,
+    )
+    held = [await q.admit(tenant, "rlm", 10)]
+    assert seen == [("acme", clock.wall - 60.0)]
+    # The other replicas run the rest of the tenant's slots: none is left here.
+    others = TenantLoad(in_flight=1)
+    refused = await refusal(q, tenant)
+    assert (refused.status, refused.quota) == (429, "concurrent_runs")
+    assert q.active("acme") == 1
+    # Runs per minute: one here and two there. The others' first start frees the
+    # window sooner than this replica's own, so it decides Retry-After.
+    others = TenantLoad(started=2, oldest_start=clock.wall - 50.0)
+    refused = await refusal(q, tenant)
+    assert (refused.status, refused.quota) == (429, "runs_per_minute")
+    assert "started 3 runs in the last minute" in refused.message
+    assert refused.retry_after == pytest.approx(10.0)
+    others = TenantLoad()
+    held.append(await q.admit(tenant, "rlm", 10))
+    for admission in held:
+        admission.release()

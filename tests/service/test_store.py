@@ -282,6 +282,21 @@ async def test_silent_owners_are_the_replicas_with_runs_in_flight_and_no_recent_
     assert await store.silent_owners(150.0) == ["never-beat"]
 
 
+async def test_others_load_counts_the_tenants_runs_of_other_owners(store: Store) -> None:
+    now = time.time()
+    await store.create_run(run("mine", status="running", owner="me", created_at=now))
+    await store.create_run(run("t1", status="running", owner="them", created_at=now - 500))
+    await store.create_run(run("t2", status="queued", owner="them", created_at=now - 30))
+    await store.create_run(run("t3", status="succeeded", owner="them", created_at=now - 20))
+    await store.create_run(run("t4", status="failed", owner="them", created_at=now - 90))
+    await store.create_run(run("g1", tenant="globex", status="running", owner="them"))
+    load = await store.others_load("acme", now - 60, "me")
+    assert (load.in_flight, load.started) == (2, 2)
+    assert load.oldest_start == pytest.approx(now - 30)
+    empty = await store.others_load("initech", now - 60, "me")
+    assert (empty.in_flight, empty.started, empty.oldest_start) == (0, 0, None)
+
+
 async def test_a_store_opened_after_the_first_closed_reads_everything(database_url: str) -> None:
     first = open_store(database_url)
     await first.open()

@@ -39,6 +39,16 @@ class RunRecord:
     total_tokens: int = 0
 
 
+@dataclass(frozen=True)
+class TenantLoad:
+    """A tenant's runs on the other replicas, as the quotas count them."""
+
+    in_flight: int = 0
+    #: Runs created since the time asked about, and the first of them.
+    started: int = 0
+    oldest_start: float | None = None
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -53,6 +63,7 @@ class Store(Protocol):
     async def mark_interrupted(self, owner: str, reason: str) -> list[str]: ...
     async def heartbeat(self, replica: str, now: float) -> None: ...
     async def silent_owners(self, before: float) -> list[str]: ...
+    async def others_load(self, tenant: str, since: float, owner: str) -> TenantLoad: ...
     async def tokens_used(self, tenant: str, since: float) -> int: ...
     async def counts_by_status(self) -> dict[str, int]: ...
 
@@ -165,6 +176,26 @@ SILENT_OWNERS: Final = (
     "WHERE r.status IN ('queued', 'running') AND r.owner IS NOT NULL "
     "AND (p.heartbeat IS NULL OR p.heartbeat < %s)"
 )
+#: A tenant's runs of owners other than %s: in flight, created since %s, the first.
+OTHERS_LOAD: Final = (
+    "SELECT COALESCE(SUM(CASE WHEN status IN ('queued', 'running') THEN 1 ELSE 0 END), 0), "
+    "COALESCE(SUM(CASE WHEN created_at >= %s THEN 1 ELSE 0 END), 0), "
+    "MIN(CASE WHEN created_at >= %s THEN created_at END) "
+    "FROM rlm_runs WHERE tenant = %s AND owner <> %s "
+    "AND (status IN ('queued', 'running') OR created_at >= %s)"
+)
+
+
+def others_load_params(tenant: str, since: float, owner: str) -> tuple[Any, ...]:
+    return (since, since, tenant, owner, since)
+
+
+def tenant_load(row: Sequence[Any] | None) -> TenantLoad:
+    if row is None:
+        return TenantLoad()
+    return TenantLoad(int(row[0]), int(row[1]), None if row[2] is None else float(row[2]))
+
+
 TOKENS_USED: Final = (
     "SELECT COALESCE(SUM(total_tokens), 0) FROM rlm_runs WHERE tenant = %s AND finished_at >= %s"
 )

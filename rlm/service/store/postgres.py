@@ -238,6 +238,12 @@ class PostgresStore:
             rows = await cur.fetchall()
         return sorted(str(row[0]) for row in rows)
 
+    async def others_load(self, tenant: str, since: float, owner: str) -> base.TenantLoad:
+        params = base.others_load_params(tenant, since, owner)
+        async with self._conn() as conn:
+            cur = await conn.execute(base.OTHERS_LOAD, params)
+            return base.tenant_load(await cur.fetchone())
+
     async def tokens_used(self, tenant: str, since: float) -> int:
         async with self._conn() as conn:
             cur = await conn.execute(base.TOKENS_USED, (tenant, since))

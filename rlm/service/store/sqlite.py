@@ -46,6 +46,7 @@ INTERRUPT = _q(base.INTERRUPT)
 TOKENS_USED = _q(base.TOKENS_USED)
 HEARTBEAT = _q(base.HEARTBEAT)
 SILENT_OWNERS = _q(base.SILENT_OWNERS)
+OTHERS_LOAD = _q(base.OTHERS_LOAD)
 
 
 class SQLiteStore:
@@ -277,6 +278,14 @@ class SQLiteStore:
             return sorted(str(row[0]) for row in conn.execute(SILENT_OWNERS, (before,)))
 
         return await self._call(silent)
+
+    async def others_load(self, tenant: str, since: float, owner: str) -> base.TenantLoad:
+        params = base.others_load_params(tenant, since, owner)
+
+        def load(conn: sqlite3.Connection) -> base.TenantLoad:
+            return base.tenant_load(conn.execute(OTHERS_LOAD, params).fetchone())
+
+        return await self._call(load)
 
     async def tokens_used(self, tenant: str, since: float) -> int:
         def used(conn: sqlite3.Connection) -> int:
