@@ -13,7 +13,10 @@ built from, bottom up:
   :mod:`.modules` and :mod:`.module_overrides` -- what model code sees, built on
   them; :mod:`.epoch` -- all of it wired together for one namespace;
 - :mod:`.jobs`, :mod:`.memory`, :mod:`.tracebacks`, :mod:`.plain` -- killable
-  threads, memory limits, error reports and plain-data copies, for the sandbox.
+  threads, memory limits, error reports and plain-data copies, for the sandbox;
+- :mod:`.process` (host side), :mod:`.spawn`, :mod:`.worker` and :mod:`.confine`
+  -- the same sandbox in a confined worker process (``isolation="process"``,
+  config ``restricted_isolation``), killed when a cell will not stop.
 """
 
 from __future__ import annotations

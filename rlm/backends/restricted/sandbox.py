@@ -36,7 +36,8 @@ from shared references) holds the GIL and stalls the host until it ends; the
 guards bound the common cases (sizes up front, Python-level iteration for huge
 ranges and ``itertools``, ``re`` on the ``regex`` engine with a timeout and the GIL
 released) but cannot bound all of them. The memory watchdog measures the whole
-process, so concurrent sessions share one budget.
+process, so concurrent sessions share one budget. Both limits go away when this
+sandbox runs in a worker process (:mod:`rlm.backends.restricted.process`).
 """
 
 from __future__ import annotations

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from rlm.backends.restricted import RestrictedSandbox
 from tests.backends.restricted.support import make_isolated
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_spare_worker_left() -> Iterator[None]:
+    # Tests elsewhere count this process's children: the worker kept ready goes.
+    yield
+    from rlm.backends.restricted.spawn import drop_spares
+
+    drop_spares()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
