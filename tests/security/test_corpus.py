@@ -1,4 +1,5 @@
-"""The attack corpus against every backend: restricted, Docker+runc and Docker+runsc.
+"""The attack corpus against every backend: restricted (in-process and in a worker
+process), Docker+runc and Docker+runsc.
 
 Each backend is attacked once per module with the whole corpus: a canary secret is in
 the host environment (under its own name and as ``OPENAI_API_KEY``) and is the model
@@ -59,6 +60,29 @@ def restricted_run(corpus: list[Payload]) -> Run:
 
 
 @pytest.fixture(scope="module")
+def restricted_process_run(corpus: list[Payload]) -> Run:
+    """The restricted backend with each session in a worker process of its own."""
+    from rlm.backends.restricted.process import ProcessSandbox, drop_spares
+    from rlm.config import RLMConfig
+    from rlm.security.targets import Target
+
+    target = Target(
+        name="restricted:process",
+        kind="restricted",
+        factory=lambda bridge: ProcessSandbox(bridge, output_limit=SUITE_OUTPUT_LIMIT),
+        child_config=RLMConfig(
+            backend="restricted", restricted_isolation="process", output_limit=SUITE_OUTPUT_LIMIT
+        ),
+    )
+    before = ProcessSnapshot.take()
+    [report] = anyio.run(functools.partial(run_corpus, [target], corpus))
+    drop_spares()  # the worker kept ready for a next session
+    after = ProcessSnapshot.take()
+    applies = [p for p in corpus if p.applies_to("restricted")]
+    return Run(report, applies, before, after, [])
+
+
+@pytest.fixture(scope="module")
 def docker_runs(corpus: list[Payload], docker_client: Any) -> dict[str, Run]:
     from rlm.backends.docker import LABEL, OWNER, OWNER_LABEL
 
@@ -80,6 +104,7 @@ def docker_runs(corpus: list[Payload], docker_client: Any) -> dict[str, Run]:
 @pytest.fixture(
     params=[
         pytest.param("restricted", id="restricted"),
+        pytest.param("restricted-process", id="restricted-process"),
         pytest.param("runc", id="docker-runc", marks=pytest.mark.docker),
         pytest.param("runsc", id="docker-runsc", marks=[pytest.mark.docker, pytest.mark.runsc]),
     ]
@@ -87,6 +112,8 @@ def docker_runs(corpus: list[Payload], docker_client: Any) -> dict[str, Run]:
 def run(request: pytest.FixtureRequest) -> Run:
     if request.param == "restricted":
         return request.getfixturevalue("restricted_run")  # type: ignore[no-any-return]
+    if request.param == "restricted-process":
+        return request.getfixturevalue("restricted_process_run")  # type: ignore[no-any-return]
     return request.getfixturevalue("docker_runs")[request.param]  # type: ignore[no-any-return]
 
 
@@ -133,8 +160,8 @@ def test_resource_attacks_are_stopped_by_a_limit_with_a_clear_error(run: Run) ->
     assert not bad, _describe(bad)
     # Where a limit must stop the payload, what stopped it is on record: an error
     # message, a timeout, a restart or a cut.
-    kind = "restricted" if run.report.backend == "restricted" else "docker"
-    runtime = run.report.backend.partition(":")[2] or None
+    kind = "restricted" if run.report.backend.startswith("restricted") else "docker"
+    runtime = (run.report.backend.partition(":")[2] or None) if kind == "docker" else None
     expected = {p.id: p.expectation(kind, runtime).outcome for p in run.payloads}
     silent = [
         r
