@@ -194,6 +194,13 @@ SERVER_KEYS: tuple[Key, ...] = (
         "tenants get fair shares of it).",
     ),
     Key(
+        "max_concurrent_runs",
+        _integer(1, unlimited=True),
+        "Runs going at once on this replica, over all tenants; more wait as queued, and "
+        "each free slot goes to the waiting tenant with the fewest runs going, so one "
+        "tenant's flood cannot take the server. Default: 4 per CPU core.",
+    ),
+    Key(
         "replica_id",
         _text(),
         "This replica's name in the database: it owns the runs it starts, and at start "
@@ -381,6 +388,8 @@ def _shown_default(owner: type, key: Key) -> str | None:
     """The default as the help shows it; None for a required key."""
     if owner is ServerSettings and key.name == "replica_id":
         return "<hostname>:<pid>"
+    if owner is ServerSettings and key.name == "max_concurrent_runs":
+        return "4 per CPU core"
     value = _default(owner, key)
     if value is MISSING:
         return None

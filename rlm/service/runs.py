@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rlm.config import RLMConfig
 from rlm.errors import ModelCallError, RLMError, SandboxError
 from rlm.service.live import EventLog
+from rlm.service.slots import FairSlots
 
 if TYPE_CHECKING:
     from rlm.core import RLM
@@ -103,6 +104,7 @@ class RunManager:
         self.on_finish = on_finish
         self.replica = config.server.replica_id
         self.active: dict[str, ActiveRun] = {}
+        self.slots = FairSlots(config.server.max_concurrent_runs)
         self._stopping = False
 
     # -- start and stop ------------------------------------------------------------------
@@ -238,7 +240,7 @@ class RunManager:
         self.active[stored.id] = run
         run.events.start()
         run.task = asyncio.get_running_loop().create_task(
-            self._run(run, config, context, _hard_deadline(config)), name=f"rlm run {stored.id}"
+            self._run(run, config, context), name=f"rlm run {stored.id}"
         )
         run.task.add_done_callback(lambda _: self._task_ended(run))
         return stored, True
@@ -257,13 +259,18 @@ class RunManager:
 
     # -- running it ----------------------------------------------------------------------
 
-    async def _run(
-        self, run: ActiveRun, config: RLMConfig, context: Any, deadline: float | None
-    ) -> None:
+    async def _run(self, run: ActiveRun, config: RLMConfig, context: Any) -> None:
         record = run.record
         started = time.time()
         status, fields = "failed", {}
+        deadline: float | None = None
+        holding = False
         try:
+            # Queued until a slot frees (fairly across tenants); the wall-time
+            # limit counts from here, not from the wait.
+            await self.slots.acquire(record.tenant)
+            holding = True
+            started, deadline = time.time(), _hard_deadline(config)
             await self.store.update_run(record.id, status="running", started_at=started)
             record.status, record.started_at = "running", started
             rlm = self.rlm_factory(config, lambda event: self._on_event(run, event))
@@ -292,6 +299,8 @@ class RunManager:
         except Exception as exc:
             status, fields = "failed", {"error": _client_message(exc, record.id)}
         finally:
+            if holding:
+                self.slots.release(record.tenant)
             await self._finish(run, status, fields, started)
 
     async def _finish(

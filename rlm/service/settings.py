@@ -23,6 +23,13 @@ Backend = Literal["docker", "restricted"]
 Runtime = Literal["runc", "runsc"]
 
 
+def _default_run_slots() -> int:
+    # Runs spend most of their time waiting on the model, but each cell, sandbox
+    # start and event takes this process's CPU: beyond a few per core, more at once
+    # only makes every run slower (bench/bench_service.py).
+    return 4 * (os.cpu_count() or 1)
+
+
 def _replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -40,6 +47,9 @@ class ServerSettings:
     pool_size: int = 2
     #: The shared batcher's global limit on sub-calls in flight.
     max_concurrent_sub_calls: int = 256
+    #: Runs going at once on this replica, over all tenants (the rest wait, queued,
+    #: and get slots fairly); None: no bound beyond each tenant's own.
+    max_concurrent_runs: int | None = field(default_factory=_default_run_slots)
     replica_id: str = field(default_factory=_replica_id)
     #: A replica silent this long is taken for dead, its runs in flight interrupted.
     replica_timeout_s: float = 30.0
