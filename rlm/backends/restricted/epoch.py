@@ -43,8 +43,32 @@ def new_guards(*, memory_limit: int, output_limit: int) -> Guards:
     guards = Guards(memory_limit=memory_limit, output_limit=output_limit)
     guards.module = _module_views(guards)
     guards.builtins = make_builtins(guards)
-    guards.substitutes = {id(real): standin for real, standin in _type_map(guards).items()}
+    guards.substitutes = _TypeMap(guards)
     return guards
+
+
+class _TypeMap(dict[int, Any]):
+    """The stand-ins by the real type's id (see :func:`_type_map`).
+
+    Those that live in a module view (``decimal``, ``fractions``) are looked up on
+    first need: building those views when the sandbox starts was a third of its
+    cost, and most sessions never meet a Decimal.
+    """
+
+    def __init__(self, g: Guards) -> None:
+        super().__init__({id(real): standin for real, standin in _type_map(g).items()})
+        self._guards = g
+        self._lazy = {id(real) for real in _LAZY_TYPES}
+
+    def get(self, key: int, default: Any = None) -> Any:
+        found = dict.get(self, key)
+        if found is None and key in self._lazy:
+            self.update(
+                {id(real): standin for real, standin in _lazy_type_map(self._guards).items()}
+            )
+            self._lazy = set()
+            found = dict.get(self, key)
+        return default if found is None else found
 
 
 def _module_views(g: Guards) -> Callable[[str], ModuleView]:
@@ -73,6 +97,15 @@ def _type_map(g: Guards) -> dict[Any, Any]:
         BigRange: safe_range,
         map: g.builtins["map"],
         filter: g.builtins["filter"],
+    }
+
+
+#: Real types whose stand-ins are built with their module's view, when first needed.
+_LAZY_TYPES = (decimal.Decimal, decimal.Context, fractions.Fraction)
+
+
+def _lazy_type_map(g: Guards) -> dict[Any, Any]:
+    return {
         decimal.Decimal: g.module("decimal").Decimal,
         decimal.Context: g.module("decimal").Context,
         fractions.Fraction: g.module("fractions").Fraction,
