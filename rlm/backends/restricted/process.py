@@ -141,7 +141,8 @@ class ProcessSandbox(Sandbox):
         if pipes is not None:
             if self._started and not self._closed:
                 self.resets += 1
-            await anyio.to_thread.run_sync(kill, pipes.proc)
+            with anyio.CancelScope(shield=True):  # a worker is never left behind
+                await anyio.to_thread.run_sync(kill, pipes.proc)
 
     async def close(self) -> None:
         if self._closed:
@@ -309,6 +310,13 @@ class ProcessSandbox(Sandbox):
                 result = await self._run_cell(pipes, cell, code, timeout, limit)
             except (WorkerGone, ProtocolError) as exc:
                 lost = self._death(pipes, exc)
+            except BaseException:
+                # Cancelled (Ctrl-C on a turn): the cell is interrupted in the worker,
+                # which goes on serving the session if it answers in time.
+                with anyio.CancelScope(shield=True):
+                    if not await self._settle(pipes, cell):
+                        await self._discard()
+                raise
             if result is None and lost is None:
                 lost = (
                     f"the cell did not stop within {self.stop_grace_s + KILL_MARGIN_S:g} s of its "
@@ -345,6 +353,23 @@ class ProcessSandbox(Sandbox):
                 truncated=bool(result["truncated"]),
                 final=result["final"],
             )
+
+    async def _settle(self, pipes: Pipes, cell: int) -> bool:
+        """Interrupt ``cell`` and wait for its result; False if the worker must go."""
+        with anyio.move_on_after(self.stop_grace_s + KILL_MARGIN_S):
+            try:
+                await pipes.send({"type": "interrupt", "id": cell})
+                while True:
+                    message = await pipes.receive()
+                    if message["type"] == "result" and message["id"] == cell:
+                        return True
+                    if message["type"] != "call":
+                        return False
+                    refusal = {"type": "refused", "id": message["id"]}
+                    await pipes.send({**refusal, "message": "the cell was cancelled"})
+            except (WorkerGone, ProtocolError):
+                return False
+        return False
 
     def _death(self, pipes: Pipes, exc: Exception) -> str:
         if isinstance(exc, ProtocolError):

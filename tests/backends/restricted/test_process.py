@@ -216,3 +216,18 @@ async def test_tools_bindings_and_snapshots_cross_to_the_worker(
     assert "given" in await other.restore(snap.blob)
     assert (await run(other, "print(given)")).stdout == "{'a': [1, 2, 3]}\n"
     await other.close()
+
+
+async def test_cancelling_execute_interrupts_the_cell_and_keeps_the_worker(
+    worker_box: ProcessSandbox,
+) -> None:
+    await run(worker_box, "kept = 1")
+    first = worker_box.pid
+    with anyio.move_on_after(0.3):
+        await worker_box.execute("n = 0\nwhile True:\n    n += 1", 60)
+    first_n = await worker_box.get_variable("n")
+    await anyio.sleep(0.2)
+    assert await worker_box.get_variable("n") == first_n  # nothing runs the loop any more
+    after = await run(worker_box, "print(kept)")
+    assert after.stdout == "1\n" and not after.state_lost
+    assert worker_box.pid == first
