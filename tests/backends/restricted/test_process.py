@@ -231,3 +231,35 @@ async def test_cancelling_execute_interrupts_the_cell_and_keeps_the_worker(
     after = await run(worker_box, "print(kept)")
     assert after.stdout == "1\n" and not after.state_lost
     assert worker_box.pid == first
+
+
+async def test_the_config_key_picks_the_worker_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlm.config import RLMConfig
+    from rlm.errors import ConfigurationError
+    from rlm.stack import BackendChoice, build_session
+    from tests.backends.restricted.support import FakeBatcher
+
+    monkeypatch.setenv("RLM_RESTRICTED_ISOLATION", "process")
+    config = RLMConfig.from_env(dotenv=False, backend="restricted", sub_model="sub")
+    assert config.restricted_isolation == "process"
+    with pytest.raises(ConfigurationError, match="restricted_isolation"):
+        config.with_(restricted_isolation="thread")
+    stack = build_session(
+        config,
+        BackendChoice("restricted", "asked for"),
+        batcher=FakeBatcher(),  # type: ignore[arg-type]
+    )
+    try:
+        assert isinstance(stack.sandbox, ProcessSandbox)
+        await stack.start("the context")
+        cell = await stack.sandbox.execute("print(len(context), llm_query('hi'))", 10.0)
+        assert cell.error is None and cell.stdout == "11 echo:hi\n", cell
+    finally:
+        await stack.aclose()
+    inprocess = build_session(
+        config.with_(restricted_isolation="inprocess"),
+        BackendChoice("restricted", "asked for"),
+        batcher=FakeBatcher(),  # type: ignore[arg-type]
+    )
+    assert not isinstance(inprocess.sandbox, ProcessSandbox)
+    await inprocess.aclose()
