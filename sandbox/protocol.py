@@ -14,6 +14,19 @@ The header is text on purpose: with compact JSON (control characters escaped), t
 host-to-sandbox stream never contains a byte below 0x20, so Docker's attach
 "detach keys" (control characters) can never match inside it.
 
+**Blobs.** A string of :data:`BLOB_MIN` characters or more (a context, a batch's
+prompts) does not go through JSON: escaping and unescaping 100 MB took most of a
+context load. It is sent first, as its raw UTF-8 in frames of kind ``b`` (more to
+follow) and ``B`` (its last part), and the JSON holds :data:`BLOB_REF` followed by
+its index among the message's blobs. The reader puts the strings back before it
+validates, so a blob is only ever a string where the schema accepts one; blobs
+count toward the message's size cap, a reference to a missing blob or a blob no
+reference uses breaks the protocol, and a string that merely looks like a
+reference is sent with ``=`` after :data:`BLOB_REF` so it cannot be taken for one
+(and read back without it). Towards the
+sandbox, a string holding :data:`DETACH_KEYS` goes as JSON, so the control bytes
+stay escaped there.
+
 **Messages.** Every message has a ``type``; the fields of each type and their JSON
 types are fixed in :data:`FROM_HOST` and :data:`FROM_SANDBOX`, and
 :func:`validate` rejects anything else (unknown type, missing or extra field, wrong
@@ -41,7 +54,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Payload bytes per frame.
 MAX_FRAME = 1 << 20
@@ -49,6 +62,13 @@ MAX_FRAME = 1 << 20
 DEFAULT_MAX_MESSAGE = 256 << 20
 HEADER_SIZE = 9
 PART, LAST = b"P", b"M"
+BLOB_PART, BLOB_LAST = b"b", b"B"
+#: Strings this long or longer travel as blobs.
+BLOB_MIN = 1 << 16
+#: How the JSON of a message refers to its blob number N: BLOB_REF + str(N).
+BLOB_REF = "\x00rlm-blob:"
+#: The attach detach keys the host sets (ctrl-^, ctrl-_): never raw towards the sandbox.
+DETACH_KEYS = b"\x1e\x1f"
 MAX_ID = (1 << 53) - 1
 
 _NONE = type(None)
@@ -98,20 +118,41 @@ class TooManyValues(ProtocolViolation):
     """A message holds more JSON values than the reader takes (see :func:`parse`)."""
 
 
-def encode(message: dict[str, Any]) -> Iterator[bytes]:
-    """The frames of ``message``, headers and payloads as separate chunks."""
+class Payload(bytes):
+    """A message's JSON with the blobs it refers to (see Blobs above)."""
+
+    blobs: list[bytearray]
+
+
+def encode(message: dict[str, Any], *, raw_control: bool = True) -> Iterator[bytes]:
+    """The frames of ``message``, headers and payloads as separate chunks.
+
+    ``raw_control=False`` (host to sandbox) keeps :data:`DETACH_KEYS` out of blobs.
+    """
+    blobs: list[bytes] = []
+    message = _take_blobs(message, blobs, raw_control)
+    for blob in blobs:
+        yield from _frames(memoryview(blob), BLOB_PART, BLOB_LAST)
+    del blobs
     # One expression, so the JSON text is freed as soon as it is encoded: for a
-    # 100 MB context or batch that is 100 MB less at the peak.
-    payload = memoryview(
-        json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-            "utf-8", "surrogatepass"
-        )
+    # big message that is not a string, that is its size less at the peak.
+    yield from _frames(
+        memoryview(
+            json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+                "utf-8", "surrogatepass"
+            )
+        ),
+        PART,
+        LAST,
     )
+
+
+def _frames(payload: memoryview, part: bytes, last: bytes) -> Iterator[bytes]:
     total = len(payload)
     start = 0
     while True:
         end = min(start + MAX_FRAME, total)
-        kind = LAST if end == total else PART
+        kind = last if end == total else part
         yield kind + b"%08x" % (end - start)
         if end > start:
             yield payload[start:end]  # type: ignore[misc]
@@ -120,64 +161,125 @@ def encode(message: dict[str, Any]) -> Iterator[bytes]:
         start = end
 
 
-def encode_bytes(message: dict[str, Any]) -> bytes:
+def _take_blobs(value: Any, blobs: list[bytes], raw_control: bool) -> Any:
+    """``value`` with each long string replaced by a reference to its blob."""
+    if isinstance(value, str):
+        if len(value) >= BLOB_MIN:
+            data = value.encode("utf-8", "surrogatepass")
+            if raw_control or data.find(DETACH_KEYS) < 0:
+                blobs.append(data)
+                return f"{BLOB_REF}{len(blobs) - 1}"
+        if value.startswith(BLOB_REF):  # a string that only looks like a reference
+            return f"{BLOB_REF}={value[len(BLOB_REF) :]}"
+        return value
+    if isinstance(value, dict):
+        out = None
+        for key, item in value.items():
+            new = _take_blobs(item, blobs, raw_control)
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+    if isinstance(value, (list, tuple)):
+        items = None
+        for i, item in enumerate(value):
+            new = _take_blobs(item, blobs, raw_control)
+            if new is not item:
+                if items is None:
+                    items = list(value)
+                items[i] = new
+        return value if items is None else items
+    return value
+
+
+def encode_bytes(message: dict[str, Any], *, raw_control: bool = True) -> bytes:
     """All frames of ``message`` as one bytes object (for small messages)."""
-    return b"".join(encode(message))
+    return b"".join(encode(message, raw_control=raw_control))
 
 
 class Decoder:
     """Turns a byte stream into messages, enforcing the frame and message caps.
 
-    Feed it whatever arrives; it returns the complete messages so far. After a
+    Feed it whatever arrives; it returns the complete messages so far: each one's
+    JSON as ``bytes``, or as a :class:`Payload` when it came with blobs. After a
     :class:`ProtocolViolation` the stream is unusable and the decoder stays broken.
+    Each payload byte is copied once, into the message (or blob) it belongs to.
     """
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.max_message = max_message
-        self._buf = bytearray()
-        self._parts: list[bytes] = []
+        self._head = bytearray()
+        self._kind = b""
+        self._need = 0  # payload bytes of the current frame still to come
+        self._json = bytearray()
+        self._blob = bytearray()
+        self._blobs: list[bytearray] = []
         self._size = 0
         self._broken: str | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received that are not yet part of a complete message."""
-        return len(self._buf) + self._size
+        in_frame = HEADER_SIZE if self._kind else 0
+        return len(self._head) + in_frame + self._size - self._need
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add ``data``; returns the payloads of the messages it completed."""
         if self._broken is not None:
             raise ProtocolViolation(self._broken)
-        self._buf += data
         done: list[bytes] = []
-        pos = 0
-        buf = self._buf
         try:
-            while len(buf) - pos >= HEADER_SIZE:
-                kind = bytes(buf[pos : pos + 1])
-                length = _frame_length(bytes(buf[pos + 1 : pos + HEADER_SIZE]))
-                if kind not in (PART, LAST):
-                    raise ProtocolViolation(f"unknown frame kind {kind!r}")
-                if self._size + length > self.max_message:
-                    raise ProtocolViolation(
-                        f"message larger than the {self.max_message:,}-byte limit"
-                    )
-                if len(buf) - pos - HEADER_SIZE < length:
-                    break
-                start = pos + HEADER_SIZE
-                self._parts.append(bytes(buf[start : start + length]))
-                self._size += length
-                pos = start + length
-                if kind == LAST:
-                    done.append(b"".join(self._parts))
-                    self._parts.clear()
-                    self._size = 0
+            with memoryview(data) as view:
+                pos, end = 0, len(view)
+                while pos < end:
+                    if not self._kind:
+                        take = min(HEADER_SIZE - len(self._head), end - pos)
+                        self._head += view[pos : pos + take]
+                        pos += take
+                        if len(self._head) < HEADER_SIZE:
+                            break
+                        self._start_frame()
+                    else:
+                        take = min(self._need, end - pos)
+                        target = self._json if self._kind in (PART, LAST) else self._blob
+                        target += view[pos : pos + take]
+                        pos += take
+                        self._need -= take
+                    if self._kind and not self._need:
+                        self._end_frame(done)
         except ProtocolViolation as exc:
             self._broken = str(exc)
             raise
-        finally:
-            del buf[:pos]
         return done
+
+    def _start_frame(self) -> None:
+        kind = bytes(self._head[:1])
+        length = _frame_length(bytes(self._head[1:]))
+        self._head.clear()
+        if kind not in (PART, LAST, BLOB_PART, BLOB_LAST):
+            raise ProtocolViolation(f"unknown frame kind {kind!r}")
+        if kind in (PART, LAST) and self._blob:
+            raise ProtocolViolation("a message began inside an unfinished blob")
+        if self._size + length > self.max_message:
+            raise ProtocolViolation(f"message larger than the {self.max_message:,}-byte limit")
+        self._size += length
+        self._kind, self._need = kind, length
+
+    def _end_frame(self, done: list[bytes]) -> None:
+        kind, self._kind = self._kind, b""
+        if kind == BLOB_LAST:
+            self._blobs.append(self._blob)
+            self._blob = bytearray()
+        elif kind == LAST:
+            if self._blobs:
+                payload = Payload(self._json)
+                payload.blobs, self._blobs = self._blobs, []
+                done.append(payload)
+            else:
+                done.append(bytes(self._json))
+            self._json.clear()
+            self._size = 0
 
 
 def _frame_length(header: bytes) -> int:
@@ -256,7 +358,50 @@ def parse(
         raise ProtocolViolation(f"frame is not valid JSON ({str(exc)[:100]})") from None
     except RecursionError:
         raise ProtocolViolation("frame nests JSON too deeply") from None
+    blobs: list[bytearray] = getattr(payload, "blobs", [])
+    if blobs or _BLOB_REF_JSON in payload:
+        message = _put_blobs(message, blobs)
     return validate(message, schema)
+
+
+#: How :data:`BLOB_REF` reads in JSON text (json.dumps always writes NUL so).
+_BLOB_REF_JSON = json.dumps(BLOB_REF)[1:-1].encode()
+_BLOB_INDEX = re.compile(r"[0-9]{1,9}")
+
+
+def _put_blobs(message: Any, blobs: list[bytearray]) -> Any:
+    """``message`` with each blob reference replaced by its string (see Blobs above)."""
+    used = [False] * len(blobs)
+
+    def put(value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.startswith(BLOB_REF):
+                return value
+            rest = value[len(BLOB_REF) :]
+            if rest.startswith("="):
+                return BLOB_REF + rest[1:]
+            if _BLOB_INDEX.fullmatch(rest) is None or int(rest) >= len(blobs) or used[int(rest)]:
+                raise ProtocolViolation("a blob reference points nowhere")
+            used[int(rest)] = True
+            try:
+                return blobs[int(rest)].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                raise ProtocolViolation("a blob is not valid UTF-8") from None
+        if isinstance(value, dict):
+            for key, item in value.items():
+                value[key] = put(item)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                value[i] = put(item)
+        return value
+
+    try:
+        message = put(message)
+    except RecursionError:
+        raise ProtocolViolation("frame nests JSON too deeply") from None
+    if not all(used):
+        raise ProtocolViolation("a blob no reference uses")
+    return message
 
 
 def _no_constant(name: str) -> Any:

@@ -9,7 +9,7 @@ from rlm_sandbox import protocol as P
 
 
 def frames(message: dict[str, object]) -> bytes:
-    return P.encode_bytes(message)
+    return P.encode_bytes(message, raw_control=False)
 
 
 def test_small_message_round_trips_fed_one_byte_at_a_time() -> None:
@@ -29,8 +29,20 @@ def test_small_message_round_trips_fed_one_byte_at_a_time() -> None:
     assert decoder.buffered == 0
 
 
+def frame_kinds(data: bytes) -> list[bytes]:
+    kinds = []
+    pos = 0
+    while pos < len(data):
+        kind, length = data[pos : pos + 1], int(data[pos + 1 : pos + 9], 16)
+        assert length <= P.MAX_FRAME
+        kinds.append(kind)
+        pos += P.HEADER_SIZE + length
+    return kinds
+
+
 def test_large_message_is_cut_into_capped_frames_and_reassembled() -> None:
-    context = "abc\n" * (P.MAX_FRAME // 2)  # 2 MiB of text -> 3 frames
+    # Many short strings: JSON in 3 frames.
+    context = ["abc"] * (P.MAX_FRAME // 3)
     data = frames({"type": "load_context", "id": 1, "context": context})
     kinds = []
     pos = 0
@@ -45,6 +57,86 @@ def test_large_message_is_cut_into_capped_frames_and_reassembled() -> None:
     for i in range(0, len(data), 70_001):  # chunks that straddle frame boundaries
         got.extend(decoder.feed(data[i : i + 70_001]))
     assert [P.parse(g, P.FROM_HOST)["context"] for g in got] == [context]
+
+
+def test_long_strings_travel_as_raw_blobs_and_come_back_in_place() -> None:
+    text = "abc\né\n" * (P.MAX_FRAME // 3)  # 2 MiB of UTF-8 -> 3 blob frames
+    looks_like_a_ref = P.BLOB_REF + "0"
+    message = {
+        "type": "call",
+        "id": 3,
+        "method": "llm_batch",
+        "params": {"prompts": ["short", text, looks_like_a_ref, "x" * P.BLOB_MIN], "n": None},
+    }
+    data = frames(message)
+    assert frame_kinds(data) == [P.BLOB_PART, P.BLOB_PART, P.BLOB_LAST, P.BLOB_LAST, P.LAST]
+    assert text.encode()[:1000] in data  # raw, not JSON-escaped
+    decoder = P.Decoder()
+    got = []
+    for i in range(0, len(data), 70_001):
+        got.extend(decoder.feed(data[i : i + 70_001]))
+    assert [P.parse(g, P.FROM_SANDBOX, max_values=100) for g in got] == [message]
+    assert decoder.buffered == 0
+
+
+def test_towards_the_sandbox_a_string_with_the_detach_keys_stays_json() -> None:
+    text = "a" * P.BLOB_MIN + P.DETACH_KEYS.decode() + "\n"
+    message = {"type": "load_context", "id": 1, "context": text}
+    data = P.encode_bytes(message, raw_control=False)
+    assert frame_kinds(data) == [P.LAST] and min(data) >= 0x20
+    assert frame_kinds(P.encode_bytes(message)) == [P.BLOB_LAST, P.LAST]
+    (payload,) = P.Decoder().feed(data)
+    assert P.parse(payload, P.FROM_HOST) == message
+
+
+def blob(data: bytes) -> bytes:
+    return b"B%08x" % len(data) + data
+
+
+def json_frame(text: bytes) -> bytes:
+    return b"M%08x" % len(text) + text
+
+
+REF = json.dumps(P.BLOB_REF)[1:-1].encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        # A reference to a blob that was not sent, or sent for another reference.
+        (json_frame(b'{"type":"fatal","message":"' + REF + b'0"}'), "points nowhere"),
+        (
+            blob(b"x")
+            + json_frame(
+                b'{"type":"call","id":1,"method":"m","params":{"a":"'
+                + REF
+                + b'0","b":"'
+                + REF
+                + b'0"}}'
+            ),
+            "points nowhere",
+        ),
+        (json_frame(b'{"type":"fatal","message":"' + REF + b'x1"}'), "points nowhere"),
+        # A blob nothing refers to, and one that is not UTF-8.
+        (blob(b"x") + json_frame(b'{"type":"fatal","message":"m"}'), "no reference"),
+        (blob(b"\xff") + json_frame(b'{"type":"fatal","message":"' + REF + b'0"}'), "UTF-8"),
+    ],
+)
+def test_forged_blob_references_break_the_protocol(data: bytes, reason: str) -> None:
+    (payload,) = P.Decoder().feed(data)
+    with pytest.raises(P.ProtocolViolation, match=reason):
+        P.parse(payload, P.FROM_SANDBOX, max_values=100)
+
+
+def test_blobs_count_toward_the_message_cap_and_end_before_their_message() -> None:
+    decoder = P.Decoder(max_message=P.MAX_FRAME)
+    decoder.feed(b"B%08x" % P.MAX_FRAME + b" " * P.MAX_FRAME)
+    with pytest.raises(P.ProtocolViolation, match="message larger"):
+        decoder.feed(json_frame(b"{}"))
+    decoder = P.Decoder()
+    decoder.feed(b"b00000001 ")
+    with pytest.raises(P.ProtocolViolation, match="unfinished blob"):
+        decoder.feed(json_frame(b"{}"))
 
 
 def test_several_messages_in_one_read_all_come_out_in_order() -> None:
