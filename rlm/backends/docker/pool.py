@@ -1,8 +1,10 @@
 """A warm pool of started sandbox containers, so a session need not wait for one.
 
 Each container is handed out once and belongs to that session until it is removed:
-nothing is ever reused across sessions. The pool refills itself in the background
-and removes whatever it still holds when closed; as it starts, it sweeps the
+nothing is ever reused across sessions. The pool refills itself in the background,
+up to ``parallel`` starts at once (a start is mostly the engine's wait, not our
+CPU), grows towards ``max_size`` while sessions find it empty, and removes whatever
+it still holds when closed; as it starts, it sweeps the
 containers of processes that died without removing theirs (:func:`sweep_orphans`)::
 
     async with ContainerPool(ContainerSpec(runtime="runsc"), size=2) as pool:
@@ -43,16 +45,30 @@ class ContainerPool:
         spec: ContainerSpec | None = None,
         *,
         size: int = 2,
+        max_size: int | None = None,
+        parallel: int = 4,
         docker_client: DockerClient | None = None,
         max_message: int = protocol.DEFAULT_MAX_MESSAGE,
     ) -> None:
         if size < 0:
             raise ValueError("pool size must be >= 0")
+        if max_size is not None and max_size < size:
+            raise ValueError("max_size must be >= size")
+        if parallel < 1:
+            raise ValueError("parallel must be >= 1")
         # Warm and cold starts alike go through this one starter (same client,
         # same spec, same message limit).
         self._starter = ColdStart(spec, docker_client=docker_client, max_message=max_message)
         self.spec = self._starter.spec
         self.size = size
+        #: Each container idle in the pool holds up to ``spec.memory``: bound the
+        #: growth by what the machine can hold (default: no growth).
+        self.max_size = size if max_size is None else max_size
+        self.parallel = parallel
+        #: How many containers the pool keeps ready now: ``size``, plus one for each
+        #: session that found it empty, up to ``max_size``.
+        self.target = size
+        self._starting = 0
         self.max_message = max_message
         self._ready: list[SandboxContainer] = []
         self._wake = anyio.Event()
@@ -130,6 +146,8 @@ class ContainerPool:
                 self.handed_out += 1
                 return box
             await box.remove()
+        # Demand outran the pool: keep one more ready from now on (within max_size).
+        self.target = min(self.max_size, self.target + 1)
         self._poke()
         self.cold_starts += 1
         box = await self._starter.acquire({**(labels or {}), "rlm.pool": "cold"})
@@ -142,25 +160,40 @@ class ContainerPool:
     async def _refill(self, scope: anyio.CancelScope, done: anyio.Event) -> None:
         try:
             with scope:
-                while not self._closed:
-                    while len(self._ready) < self.size and not self._closed:
-                        try:
-                            box = await self._starter.acquire({"rlm.pool": "warm"})
-                        except Exception as exc:
-                            # Starting containers fails for a reason a cold start will
-                            # also hit and report; do not spin on it.
-                            self.last_error = exc
-                            await anyio.sleep(5)
-                            continue
-                        self.last_error = None
-                        if self._closed:
-                            await box.remove()
-                            return
-                        self._ready.append(box)
-                    self._wake = anyio.Event()
-                    await self._wake.wait()
+                async with anyio.create_task_group() as starts:
+                    while not self._closed:
+                        while (
+                            len(self._ready) + self._starting < self.target
+                            and self._starting < self.parallel
+                            and not self._closed
+                        ):
+                            self._starting += 1
+                            starts.start_soon(self._start_one)
+                        self._wake = anyio.Event()
+                        await self._wake.wait()
         finally:
             done.set()
+
+    async def _start_one(self) -> None:
+        try:
+            try:
+                box = await self._starter.acquire({"rlm.pool": "warm"})
+            except Exception as exc:
+                # Starting containers fails for a reason a cold start will also hit
+                # and report; this slot waits before trying again, so nothing spins.
+                self.last_error = exc
+                await anyio.sleep(5)
+                return
+            self.last_error = None
+            if self._closed:
+                await box.remove()
+                return
+            self._ready.append(box)
+        finally:
+            # Counted out only once the container is in the pool: the refill loop
+            # must not see a gap and start one too many.
+            self._starting -= 1
+            self._poke()
 
     async def close(self) -> None:
         """Stop refilling and remove every container still in the pool.
