@@ -33,6 +33,7 @@ from typing import Any
 import anyio
 import anyio.abc
 from rlm_sandbox import protocol
+from rlm_sandbox.final import json_size
 
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.restricted.confine import Limits
@@ -336,6 +337,14 @@ class ProcessSandbox(Sandbox):
                 )
             assert result is not None
             error = result["error"]
+            final = result["final"]  # its shape was checked with the frame
+            if final is not None and _final_size(final["value"]) > self.value_limit:
+                # The worker bounds it already; the host does not trust that it did.
+                final = None
+                error = (f"{error}\n" if error else "") + (
+                    f"ValueError: the final answer is over the limit of {self.value_limit:,} "
+                    "characters; give a shorter answer"
+                )
             state_lost = bool(notice)
             if isinstance(error, str) and RESET_MARK in error:
                 # The worker gave up a thread that would not stop: it is not used again.
@@ -351,7 +360,7 @@ class ProcessSandbox(Sandbox):
                 duration_s=round(time.monotonic() - started, 4),
                 state_lost=state_lost,
                 truncated=bool(result["truncated"]),
-                final=result["final"],
+                final=final,
             )
 
     async def _settle(self, pipes: Pipes, cell: int) -> bool:
@@ -486,6 +495,13 @@ def _exit_cause(code: int | None) -> str:
             return f"{name}: it used up its CPU time limit"
         return f"killed by {name}"
     return f"exit status {code}"
+
+
+def _final_size(value: Any) -> int:
+    try:
+        return json_size(value)
+    except (RecursionError, ValueError):  # nested past what the host will walk
+        return 1 << 62
 
 
 def _cap(text: str, limit: int) -> str:

@@ -263,3 +263,9 @@ async def test_the_config_key_picks_the_worker_process(monkeypatch: pytest.Monke
     )
     assert not isinstance(inprocess.sandbox, ProcessSandbox)
     await inprocess.aclose()
+
+
+async def test_a_final_answer_comes_back_from_the_worker(worker_box: ProcessSandbox) -> None:
+    result = await run(worker_box, "FINAL({'answer': [1, 2], 'from': context})")
+    assert result.error is None, result
+    assert result.final == {"value": {"answer": [1, 2], "from": "ctx"}, "how": "FINAL"}
