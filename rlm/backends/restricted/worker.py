@@ -25,6 +25,7 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from rlm_sandbox import protocol
 
 from rlm.backends.restricted.confine import Limits, apply
@@ -105,17 +106,21 @@ class Worker:
     async def _read_loop(self) -> None:
         decoder = protocol.Decoder(max_message=1 << 40)
         while True:
-            await anyio.wait_readable(self._in)
             try:
                 data = os.read(self._in, 1 << 20)
             except BlockingIOError:
+                await anyio.wait_readable(self._in)
                 continue
             if not data:
                 os._exit(0)  # the host is gone
-            for payload in decoder.feed(data):
+            payloads = decoder.feed(data)
+            if not payloads:  # part of a large message: let the loop run between reads
+                await anyio.lowlevel.checkpoint()
+            for payload in payloads:
                 message = protocol.parse(payload, FROM_HOST)
                 del payload
                 await self._route(message)
+            del payloads
 
     async def _route(self, message: dict[str, Any]) -> None:
         kind = message["type"]
