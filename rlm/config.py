@@ -18,8 +18,8 @@ from rlm.tree import ModelPrice
 BACKENDS = ("auto", "restricted", "docker")
 #: Where the restricted backend runs cells (see rlm.backends.restricted): in a
 #: confined worker process, or in this process. In-process is the default: a worker
-#: costs ~15-350 ms to start and ~0.9 ms per cell against 0.2 and 0.09 ms
-#: (bench/bench_restricted.py).
+#: costs ~5 ms to start with its spare ready (120-430 ms back to back) and 0.5-1 ms
+#: per trivial cell, against 0.1 ms for each in-process (bench/bench_restricted.py).
 RESTRICTED_ISOLATIONS = ("inprocess", "process")
 
 
