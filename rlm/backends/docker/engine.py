@@ -153,7 +153,7 @@ def _from_env(timeout: int) -> DockerClient:
 
     params = kwargs_from_env()
     if not (params.get("tls") and os.environ.get("DOCKER_TLS_VERIFY", "") != ""):
-        return docker.DockerClient(timeout=timeout, version="auto", **params)
+        return docker.from_env(timeout=timeout)
     # A fixed version, so that nothing is asked of the engine before the CA is pinned.
     client = docker.DockerClient(timeout=timeout, version=MIN_API_VERSION, **params)
     api = client.api
