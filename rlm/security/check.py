@@ -43,15 +43,21 @@ def run_suite(
 
 
 def posture_problems(targets: list[Target]) -> list[str]:
-    """What is wrong with the engine's runtimes that the Docker ``targets`` use (a
-    gVisor runtime registered without ``--oci-seccomp`` runs sandboxes with no
-    seccomp filter): the corpus may be contained, but the posture is not."""
-    runtimes = {t.runtime for t in targets if t.kind == "docker" and t.runtime}
+    """What is wrong with the Docker ``targets``' posture, though the corpus may be
+    contained: the engine's runtimes they use (a gVisor runtime registered without
+    ``--oci-seccomp`` runs sandboxes with no seccomp filter), and what a probe in one
+    sandbox of each sees (:mod:`rlm.security.posture`)."""
+    docker_targets = [t for t in targets if t.kind == "docker"]
+    runtimes = {t.runtime for t in docker_targets if t.runtime}
     if not runtimes:
         return []
     from rlm.backends.docker.checks import engine_runtime_problems
+    from rlm.security.posture import probe
 
-    return engine_runtime_problems(only=runtimes)
+    problems = engine_runtime_problems(only=runtimes)
+    for target in docker_targets:
+        problems += anyio.run(probe, target)
+    return problems
 
 
 def run_security_check(

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from rlm.backends.docker import checks
+from rlm.backends.docker import ContainerSpec, checks
 from rlm.config import RLMConfig
 from rlm.security.check import posture_problems
+from rlm.security.posture import judge
 from rlm.security.report import SuiteReport, TargetReport
-from rlm.security.targets import docker_target
+from rlm.security.targets import docker_target, spec_target
 from tests.support import IMAGE
 
 RUNSC = "/usr/bin/runsc"
@@ -83,7 +84,8 @@ def test_security_check_fails_when_gvisor_lacks_oci_seccomp(
     import docker
 
     targets = [docker_target(rt, IMAGE, 1000) for rt in ("runc", "runsc")]
-    # This engine registers runsc with --oci-seccomp (scripts/setup-docker.sh).
+    # This engine registers runsc with --oci-seccomp (scripts/setup-docker.sh), and
+    # the probe in a sandbox of each runtime finds the whole posture.
     assert posture_problems(targets) == []
     monkeypatch.setattr(
         checks, "connect", lambda client=None: _WithoutOciSeccomp(docker.from_env())
@@ -99,3 +101,41 @@ def test_security_check_fails_when_gvisor_lacks_oci_seccomp(
     assert "engine set-up: runtime 'runsc' (gVisor) is registered without --oci-seccomp" in (
         out.getvalue()
     )
+
+
+class _WeakSpec(ContainerSpec):
+    """A container with every posture flag undone (never use outside this test)."""
+
+    def create_kwargs(self, name: str, labels: dict[str, str]) -> dict[str, Any]:
+        kwargs = super().create_kwargs(name, labels)
+        kwargs.update(
+            security_opt=["seccomp=unconfined"],
+            cap_drop=[],
+            read_only=False,
+            network_mode="host",
+            user="0:0",
+        )
+        return kwargs
+
+
+@pytest.mark.docker
+def test_the_posture_probe_names_each_weakness(docker_client: Any) -> None:
+    weak = spec_target(_WeakSpec(image=IMAGE, runtime="runc"), 1000)
+    weak.name = "weak-docker:runc"
+    problems = posture_problems([weak])
+    text = "\n".join(problems)
+    assert all(p.startswith("weak-docker:runc: ") for p in problems), problems
+    assert "without a seccomp filter (Seccomp: 0)" in text
+    assert "holds capabilities (CapEff: " in text
+    assert "may gain privileges" in text
+    assert "root filesystem is writable" in text
+    assert "network interfaces besides lo" in text
+
+
+def test_the_posture_judge() -> None:
+    good = {"Seccomp": "2", "CapEff": "0" * 16, "CapPrm": "0" * 16, "CapBnd": "0" * 16}
+    good |= {"no_new_privs": 1, "root": ["ro"], "root_write": "EROFS", "interfaces": ["lo"]}
+    assert judge(good) == []
+    assert len(judge(good | {"Seccomp": "0"})) == 1
+    assert len(judge(good | {"interfaces": ["eth0", "lo"]})) == 1
+    assert len(judge(good | {"root_write": "ok"})) == 1
