@@ -204,6 +204,7 @@ class CellThread:
             if item is None:
                 return
             _run_thread(*item)
+            del item  # waiting, the thread holds nothing of the sandbox's
 
 
 def _in_model_code(thread_id: int, entry_code: CodeType) -> bool:

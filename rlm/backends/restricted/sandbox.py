@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -337,6 +338,8 @@ class RestrictedSandbox(Sandbox):
         worker = self._worker
         if worker is None or not worker.usable:
             worker = self._worker = CellThread()
+            # A sandbox dropped without close() must not leave its thread waiting forever.
+            weakref.finalize(self, worker.stop)
         return worker
 
     async def _stop(self, run: Run) -> bool:

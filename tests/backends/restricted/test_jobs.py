@@ -123,3 +123,24 @@ async def test_many_stops_leave_worker_threads_healthy(box: RestrictedSandbox) -
         assert result.timed_out or result.error is None
     results = [await anyio.to_thread.run_sync(lambda i=i: i * 2) for i in range(50)]
     assert results == [i * 2 for i in range(50)]
+
+
+async def test_a_sandbox_dropped_without_close_leaves_no_cell_thread() -> None:
+    import gc
+    import threading
+
+    def cell_threads() -> int:
+        return sum(t.name == "rlm-restricted-cell" for t in threading.enumerate())
+
+    before = cell_threads()
+    for _ in range(5):
+        sandbox, _b, _br = make_sandbox()
+        await sandbox.start()
+        assert (await sandbox.execute("x = 1", 5)).error is None
+        del sandbox
+    for _ in range(50):
+        gc.collect()  # a thread may hold its last job a moment after the cell's result
+        if cell_threads() <= before:
+            break
+        await anyio.sleep(0.02)
+    assert cell_threads() <= before, (before, cell_threads())
