@@ -537,3 +537,75 @@ def test_a_message_one_value_over_the_limit_is_refused() -> None:
     assert P.parse(payload, P.FROM_SANDBOX, max_values=8)["id"] == 3
     with pytest.raises(P.TooManyValues):
         P.parse(payload, P.FROM_SANDBOX, max_values=7)
+
+
+# -- blobs: long strings sent raw beside the JSON ---------------------------------------------
+
+_blob_strings = st.one_of(
+    any_text,
+    any_text.map(lambda t: P.BLOB_REF + t),
+    st.integers(0, 3).map(lambda n: P.BLOB_REF + str(n)),
+    any_text.map(lambda t: P.BLOB_REF + "=" + t),
+    st.tuples(st.sampled_from(["a", "é", "\ud800", "\x1e\x1f"]), st.integers(-1, 1)).map(
+        lambda t: (t[0] * P.BLOB_MIN)[: P.BLOB_MIN + t[1]]
+    ),
+)
+
+
+@given(
+    st.lists(_blob_strings, min_size=1, max_size=4),
+    st.booleans(),
+    st.lists(st.integers(0, 1 << 18), max_size=4),
+)
+@settings(max_examples=examples(60))
+def test_strings_sent_as_blobs_or_looking_like_references_round_trip(
+    strings: list[str], raw_control: bool, cuts: list[int]
+) -> None:
+    message = {"type": "reply", "id": 1, "result": {"items": strings, "first": strings[0]}}
+    data = P.encode_bytes(message, raw_control=raw_control)
+    if not raw_control:
+        assert P.DETACH_KEYS not in data
+    (payload,) = decode_all(data, cuts)
+    assert json_equal(P.parse(payload, P.FROM_HOST), message)
+
+
+@given(
+    st.lists(_blob_strings, min_size=1, max_size=3),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["set", "insert", "delete"]),
+            st.integers(0, 1 << 18),
+            st.binary(min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+@settings(max_examples=examples(80))
+def test_a_mutated_stream_with_blobs_is_refused_or_decodes_to_valid_messages(
+    strings: list[str], ops: list[tuple[str, int, bytes]]
+) -> None:
+    message = {"type": "call", "id": 2, "method": "llm_batch", "params": {"prompts": strings}}
+    data = bytearray(P.encode_bytes(message))
+    for op, where, blob in ops:
+        at = where % (len(data) + 1)
+        if op == "set":
+            data[at : at + len(blob)] = blob
+        elif op == "insert":
+            data[at:at] = blob
+        else:
+            del data[at : at + len(blob)]
+    decoder = P.Decoder(max_message=1 << 20)
+    try:
+        payloads = decoder.feed(bytes(data))
+    except P.ProtocolViolation:
+        return
+    for payload in payloads:
+        parse_or_refuse(payload, P.FROM_SANDBOX, max_values=10_000)
+
+
+@pytest.mark.parametrize("reference", ["0", "1", "01", "-1", "x", "9" * 12, ""])
+def test_a_forged_blob_reference_without_its_blob_is_refused(reference: str) -> None:
+    text = json.dumps({"type": "fatal", "message": P.BLOB_REF + reference})
+    with pytest.raises(P.ProtocolViolation, match="blob"):
+        P.parse(text.encode(), P.FROM_SANDBOX)
