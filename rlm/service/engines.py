@@ -19,6 +19,7 @@ who can reach the port, so it is refused unless the engine's entry says
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,7 +87,16 @@ def engine_client(engine: Engine | None) -> DockerClient:
 
     if engine is None:
         return connect()
-    return docker.DockerClient(base_url=engine.url, tls=tls_config(engine), timeout=120)
+    tls = tls_config(engine)
+    if tls is False:
+        return docker.DockerClient(base_url=engine.url, timeout=120)
+    # A fixed API version (Docker 20.10's, which later engines still serve), so that
+    # nothing is sent before trust_env is off: with it on, requests would let
+    # REQUESTS_CA_BUNDLE from the environment replace the engine's own CA.
+    client = docker.DockerClient(base_url=engine.url, tls=tls, timeout=120, version="1.41")
+    client.api.trust_env = False
+    client.ping()
+    return client
 
 
 def engine_name(engine: Engine | None) -> str:
@@ -234,6 +244,8 @@ class Placement:
 
         with anyio.CancelScope() as scope:
             self._scopes.append(scope)
+            if self._closing.is_set():  # closed before this task first ran
+                scope.cancel()
             while slot.client is None:
                 try:
                     slot.client = await anyio.to_thread.run_sync(
@@ -329,11 +341,26 @@ class Placement:
     async def _check_forever(self) -> None:
         with anyio.CancelScope() as scope:
             self._scopes.append(scope)
+            if self._closing.is_set():  # closed before this task first ran
+                scope.cancel()
             while True:
                 await anyio.sleep(self.check_interval_s)
                 await self.check()
 
 
+_TLS_FAILURE = re.compile(r"\[SSL: [A-Z_]+\] ([^(')\"]+)")
+_OS_FAILURE = re.compile(r"\[Errno \d+\] ([^(')\"]+)")
+
+
 def _short(exc: BaseException, limit: int = 200) -> str:
+    """The reason an engine failed, in a line: the SDK's errors wrap the one that
+    matters (a TLS or socket error) in a paragraph of connection-pool detail."""
     text = str(exc).strip()
+    tls = _TLS_FAILURE.search(text)
+    if tls:
+        reason = tls.group(1).strip().rstrip(":")
+        return f"TLS failed: {reason} (check ca_cert, client_cert and client_key)"
+    os_error = _OS_FAILURE.search(text)
+    if os_error:
+        return f"cannot reach it: {os_error.group(1).strip()}"
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

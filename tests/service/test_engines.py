@@ -23,7 +23,7 @@ from rlm.errors import SandboxUnavailable
 from rlm.service.engines import Placement
 from rlm.service.settings import Engine
 from rlm.testing import OfflineModelServer
-from tests.engines import SecondEngine
+from tests.engines import SecondEngine, make_certs
 from tests.service.api_support import SCRIPTS, Service, config_text, wait_status
 from tests.support import IMAGE
 
@@ -189,6 +189,45 @@ async def test_an_engine_down_at_start_is_connected_when_it_comes_up() -> None:
             assert slot.healthy and slot.pool is not None
     finally:
         port_engine.close()
+
+
+async def test_an_engine_over_verified_tls_and_one_with_a_wrong_ca(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    engine = SecondEngine(tls=True)
+    try:
+        engine.start()
+        engine.load_image(docker_client, IMAGE)
+        certs = engine.certs
+        good = Engine(
+            url=engine.url,
+            ca_cert=str(certs / "ca.pem"),
+            client_cert=str(certs / "cert.pem"),
+            client_key=str(certs / "key.pem"),
+        )
+        make_certs(tmp_path / "other")
+        wrong = Engine(
+            url=engine.url,
+            ca_cert=str(tmp_path / "other" / "ca.pem"),
+            client_cert=str(tmp_path / "other" / "cert.pem"),
+            client_key=str(tmp_path / "other" / "key.pem"),
+        )
+        async with Placement(ContainerSpec(image=IMAGE), [good], pool_size=0) as placement:
+            (slot,) = placement.slots
+            assert slot.healthy
+            box = await placement.acquire()
+            try:
+                assert box.alive()  # the handshake went over the TLS channel
+            finally:
+                await box.remove()
+        async with Placement(ContainerSpec(image=IMAGE), [wrong], pool_size=0) as placement:
+            (slot,) = placement.slots
+            assert not slot.healthy
+            assert "certificate verify failed" in (slot.error or "")
+            with pytest.raises(SandboxUnavailable, match="certificate verify failed"):
+                await placement.acquire()
+    finally:
+        engine.close()
 
 
 def test_a_plain_tcp_engine_is_refused_unless_marked_insecure() -> None:
