@@ -8,8 +8,8 @@ process of its own, every call answered after ``--latency``), for each c in
 ``--cs`` as the session's ``max_concurrent``, interleaved across c, median of
 ``--repeats``. Prints wall time, the ideal ceil(N/c)·L, their ratio, and the client
 process's CPU per request, so the knee where more in flight stops paying is visible.
-With ``--with-429``, a second pass has the server refuse every 5th request with 429 (Retry-After 0.05 s),
-to show what adaptive concurrency and retries cost at each c.
+With ``--with-429``, a second pass has the server refuse every 5th request with 429
+(Retry-After 0.05 s), to show what adaptive concurrency and retries cost at each c.
 """
 
 from __future__ import annotations
