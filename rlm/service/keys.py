@@ -198,7 +198,7 @@ SERVER_KEYS: tuple[Key, ...] = (
         _integer(1, unlimited=True),
         "Runs going at once on this replica, over all tenants; more wait as queued, and "
         "each free slot goes to the waiting tenant with the fewest runs going, so one "
-        "tenant's flood cannot take the server. Default: 4 per CPU core.",
+        "tenant's flood cannot take the server. Default: 3 per CPU core.",
     ),
     Key(
         "replica_id",
@@ -389,7 +389,7 @@ def _shown_default(owner: type, key: Key) -> str | None:
     if owner is ServerSettings and key.name == "replica_id":
         return "<hostname>:<pid>"
     if owner is ServerSettings and key.name == "max_concurrent_runs":
-        return "4 per CPU core"
+        return "3 per CPU core"
     value = _default(owner, key)
     if value is MISSING:
         return None

@@ -25,9 +25,10 @@ Runtime = Literal["runc", "runsc"]
 
 def _default_run_slots() -> int:
     # Runs spend most of their time waiting on the model, but each cell, sandbox
-    # start and event takes this process's CPU: beyond a few per core, more at once
-    # only makes every run slower (bench/bench_service.py).
-    return 4 * (os.cpu_count() or 1)
+    # start and event takes CPU here and on the engine: beyond a few per core, more
+    # at once only makes every run slower. At 3 per core, two tenants' p99 beside a
+    # flooding third stayed within 2x of their p99 alone (bench/bench_service.py).
+    return 3 * (os.cpu_count() or 1)
 
 
 def _replica_id() -> str:
