@@ -33,9 +33,19 @@ from rlm.subcalls.batcher import SubResult
 
 class InstantBatcher:
     async def run(
-        self, session: Any, model: str, prompts: list[str], max_concurrent: int | None
+        self,
+        session: Any,
+        model: str,
+        prompts: list[str],
+        max_concurrent: int | None,
+        *,
+        on_result: Any = None,
     ) -> list[SubResult]:
-        return [SubResult(text="ok") for _ in prompts]
+        results = [SubResult(text="ok") for _ in prompts]
+        if on_result is not None:
+            for index, result in enumerate(results):
+                on_result(index, result)
+        return results
 
 
 def bridge() -> SessionBridge:
