@@ -1,11 +1,13 @@
 """Run slots one replica shares among its tenants, handed out fairly.
 
 At most ``size`` runs go at once on a replica (``[server] max_concurrent_runs``);
-the others wait as ``queued``. When a slot frees, it goes to the waiting tenant
-with the fewest runs going, and among equals to the run that has waited longest:
-a tenant that floods the server gets no more than a fair share of it, however
-many of its runs wait, and a tenant that sends one run now and then starts it at
-the next free slot. (Each tenant's own ``max_concurrent_runs`` still bounds how
+the others wait as ``queued``. While several tenants have runs going or waiting,
+none may hold more than its share (``size`` / those tenants, rounded up), even
+if that leaves a slot free for a moment: a tenant's client that sends its next
+run right after the last one ended finds its slot still there, instead of taken
+by a flood that always has one waiting. A free slot goes to the waiting tenant
+with the fewest runs going, and among equals to the run that has waited longest.
+A tenant alone may use every slot. (Each tenant's own ``max_concurrent_runs`` still bounds how
 many of its runs may be admitted at all; see :mod:`rlm.service.quotas`.)
 """
 
@@ -45,16 +47,19 @@ class FairSlots:
     async def acquire(self, tenant: str) -> None:
         """Wait for a slot for one of ``tenant``'s runs. Cancelling the wait gives
         up the place in the queue (or the slot, if it was granted meanwhile)."""
-        if self._free() and not self._waiters:
+        if self._free() and not self._waiters and self._within_share(tenant):
             self.running[tenant] += 1
             return
         waiter = _Waiter(next(self._seq), tenant, asyncio.get_running_loop().create_future())
         self._waiters.append(waiter)
+        # A slot may be free and held back only for a share: this waiter's, maybe.
+        self._grant()
         try:
             await waiter.granted
         except asyncio.CancelledError:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+                self._grant()  # one tenant fewer sharing: the others' shares grow
             elif waiter.granted.done() and not waiter.granted.cancelled():
                 self.release(tenant)
             raise
@@ -69,9 +74,23 @@ class FairSlots:
     def _free(self) -> bool:
         return self.size is None or self.taken < self.size
 
+    def _within_share(self, tenant: str, *, waiting: bool = False) -> bool:
+        """Whether ``tenant`` may take one more slot now (``waiting``: it is one of
+        the waiters, so it already counts among the tenants sharing)."""
+        if self.size is None:
+            return True
+        sharing = set(self.running) | {w.tenant for w in self._waiters}
+        if not waiting:
+            sharing.add(tenant)
+        share = -(-self.size // len(sharing))
+        return self.running[tenant] < share
+
     def _grant(self) -> None:
         while self._waiters and self._free():
-            waiter = min(self._waiters, key=lambda w: (self.running[w.tenant], w.seq))
+            eligible = [w for w in self._waiters if self._within_share(w.tenant, waiting=True)]
+            if not eligible:
+                return
+            waiter = min(eligible, key=lambda w: (self.running[w.tenant], w.seq))
             self._waiters.remove(waiter)
             self.running[waiter.tenant] += 1
             waiter.granted.set_result(None)

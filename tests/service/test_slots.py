@@ -52,6 +52,28 @@ async def test_a_free_slot_goes_to_the_waiting_tenant_with_the_fewest_runs_going
     assert slots.waiting == 0 and slots.running == {"good": 1, "flood": 1}
 
 
+async def test_a_flood_never_holds_more_than_its_share_while_others_run() -> None:
+    slots = FairSlots(6)
+    for tenant in ("good-1", "good-1", "good-2", "good-2"):
+        await slots.acquire(tenant)
+    flood = [asyncio.create_task(slots.acquire("flood")) for _ in range(6)]
+    await _settle()
+    # Three tenants share 6 slots: the flood gets its 2, and its other runs wait.
+    assert slots.running["flood"] == 2 and slots.waiting == 4
+    # A good run ends: its slot stays free for the good tenant's next run...
+    slots.release("good-1")
+    await _settle()
+    assert slots.running["flood"] == 2 and slots.taken == 5
+    await asyncio.wait_for(slots.acquire("good-1"), 1)  # ...which takes it at once
+    assert slots.running == {"good-1": 2, "good-2": 2, "flood": 2}
+    # The good tenants leave: the flood, alone, may use every slot.
+    for tenant in ("good-1", "good-1", "good-2", "good-2"):
+        slots.release(tenant)
+    await _settle()
+    assert slots.running == {"flood": 6} and slots.waiting == 0
+    await asyncio.gather(*flood)
+
+
 async def test_a_cancelled_wait_gives_up_its_place_or_its_slot() -> None:
     slots = FairSlots(1)
     await slots.acquire("a")
