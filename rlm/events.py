@@ -54,7 +54,8 @@ child's events follow its parent's ``child_start``. Fields beyond these, per eve
                        :data:`rlm.session.LimitKind`), ``stopped`` (the limit that ended it)
 ``session_closed``     ``reason`` (``idle_close``), ``turns``: a session ended without a call
 ``usage``              the tree's usage (:meth:`rlm.usage.Usage.to_dict`, with ``by_depth``)
-                       and ``cost_usd`` (None without a price table)
+                       and ``cost_usd`` (None without a price table), ``cost_by_depth``
+                       (depth → model → USD, priced models only; None without a table)
 =====================  =====================================================================
 
 Failure kinds inside events are :data:`rlm.failures.FailureKind`.

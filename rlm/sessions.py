@@ -305,7 +305,8 @@ class RLMSession:
             stopped=ending.stopped,
             turn=turn,
         )
-        state.event("usage", **usage.to_dict(), cost_usd=cost)
+        costs = tree.cost_by_depth() if config.prices else None
+        state.event("usage", **usage.to_dict(), cost_usd=cost, cost_by_depth=costs)
         self.turns = turn
         self.turn_usage.append(usage)
         self.history.append({"query": query, "answer": ending.answer[:_HISTORY_ANSWER]})

@@ -147,6 +147,17 @@ class RunTree:
                     total += price.cost(used.prompt_tokens, used.completion_tokens)
         return total
 
+    def cost_by_depth(self) -> dict[str, dict[str, float]]:
+        """:meth:`cost_usd` broken down by depth and model (priced models only)."""
+        costs: dict[str, dict[str, float]] = {}
+        for depth, models in sorted(self.usage().by_depth.items()):
+            for name, used in models.items():
+                price = self.prices.get(name)
+                if price is not None:
+                    level = costs.setdefault(str(depth), {})
+                    level[name] = price.cost(used.prompt_tokens, used.completion_tokens)
+        return costs
+
     def usage(self) -> Usage:
         """The tree's usage summed, with the breakdown by depth and model."""
         return Usage.combine((s.depth, s.usage) for s in self.sessions)

@@ -83,6 +83,11 @@ async def test_max_cost_usd_counts_the_price_of_every_model() -> None:
     result = await run(script, SessionLimits(max_cost_usd=0.05), prices=prices)
     assert result.stopped == "max_cost_usd"
     assert result.cost_usd is not None and result.cost_usd >= 0.05
+    # The usage event breaks the cost down by depth and model (the viewer shows it).
+    usage = next(e for e in result.trajectory if e["event"] == "usage")
+    by_model = usage["cost_by_depth"]["0"]
+    assert set(by_model) == {ROOT_MODEL, SUB_MODEL}
+    assert sum(by_model.values()) == pytest.approx(result.cost_usd)
     # The sub-call after the budget was spent was not made, and model code was told why.
     output = next(e for e in result.trajectory if e["event"] == "output")
     assert "cost budget spent" in (output["stdout"] + str(output["error"]))

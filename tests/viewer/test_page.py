@@ -35,7 +35,9 @@ def demo_view(tmp_path: Path, clean_env: dict[str, str]) -> Iterator[tuple[str, 
     trajectory = tmp_path / "run.jsonl"
     rlm = [sys.executable, "-m", "rlm.cli"]
     demo = [*rlm, "demo", "--offline", "--backend", "restricted", "--lines", "20000"]
-    subprocess.run([*demo, "--trajectory", str(trajectory)], env=clean_env, check=True,
+    # A price table, so that the page has a cost per model to show.
+    priced = {**clean_env, "RLM_PRICES": '{"rlm-offline-root": [2, 8], "rlm-offline-sub": [1, 4]}'}
+    subprocess.run([*demo, "--trajectory", str(trajectory)], env=priced, check=True,
                    capture_output=True, timeout=60)  # fmt: skip
     view = subprocess.Popen(
         [*rlm, "view", str(trajectory), "--port", "0"],
@@ -81,6 +83,9 @@ def test_the_demo_run_shows_its_iterations_batch_and_answer(
     wait_for(lambda: third.get_attribute("open") is not None, 5, "iteration 3 to open")
     usage = text_of(browser, ".usage")
     assert "rlm-offline-root" in usage and "rlm-offline-sub" in usage
+    rows = css(browser, ".usage tr")
+    costs = [r.find_elements("css selector", "td")[-1].text for r in rows[1:]]
+    assert len(costs) == 2 and all(c.startswith("$") for c in costs), costs
     assert browser.get_log("browser") == []  # no error, no blocked request
 
 

@@ -318,13 +318,15 @@ function usageTable(usage) {
   add(box, el("div", "label", `usage · ${count(usage.total_tokens)} tokens · ${count(usage.sub_calls)} sub-calls · cost ${cost}`));
   const table = el("table");
   const head = el("tr");
-  for (const h of ["depth", "model", "calls", "prompt tokens", "completion tokens", "failures", "retries", "model time"]) add(head, el("th", null, h));
+  for (const h of ["depth", "model", "calls", "prompt tokens", "completion tokens", "failures", "retries", "model time", "cost"]) add(head, el("th", null, h));
   add(table, head);
   const levels = usage.by_depth ?? { all: usage.by_model ?? {} };
   for (const [depth, models] of Object.entries(levels)) {
     for (const [name, m] of Object.entries(models ?? {})) {
       const row = el("tr");
-      for (const v of [depth, name, count(m.calls), count(m.prompt_tokens), count(m.completion_tokens), count(m.failures), count(m.retries), seconds(m.seconds)]) add(row, el("td", null, v));
+      const priced = usage.cost_by_depth?.[depth]?.[name];
+      const cost = priced === undefined ? "—" : `$${Number(priced).toFixed(4)}`;
+      for (const v of [depth, name, count(m.calls), count(m.prompt_tokens), count(m.completion_tokens), count(m.failures), count(m.retries), seconds(m.seconds), cost]) add(row, el("td", null, v));
       add(table, row);
     }
   }
