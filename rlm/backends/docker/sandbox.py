@@ -18,12 +18,12 @@ from rlm_sandbox import protocol
 from rlm_sandbox.final import json_size
 
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
+from rlm.backends.calls import CellCalls
 from rlm.backends.docker.channel import ContainerGone
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer, describe_exit
 from rlm.backends.docker.source import ColdStart, ContainerSource
 from rlm.backends.values import check_bind
 from rlm.errors import (
-    BridgeRefusal,
     ProtocolError,
     SandboxError,
     SnapshotError,
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _VARIABLE_TIMEOUT = 30.0
-_MAX_OPEN_CALLS = 256
 _MAX_VARIABLE_CHARS = 8_000_000
 _SNAPSHOT_TIMEOUT = 300.0
 #: Room in a snapshot reply for what is not the blob (names, skipped, framing).
@@ -398,11 +397,13 @@ class DockerSandbox(Sandbox):
     ) -> tuple[dict[str, Any] | None, bool]:
         result: dict[str, Any] | None = None
         timed_out = False
-        open_calls: set[int] = set()
-        failures: list[Exception] = []
         # Failures are carried out of the task group by hand so callers see the
         # exception itself, not an ExceptionGroup around it.
         async with anyio.create_task_group() as calls:
+            cell_calls = CellCalls(
+                box.channel, self.bridge, cell, calls, gone=ContainerGone, fatal="runner failed"
+            )
+            failures = cell_calls.failures
             try:
                 await box.channel.send(
                     {
@@ -414,12 +415,12 @@ class DockerSandbox(Sandbox):
                     }
                 )
                 with anyio.move_on_after(timeout):
-                    result = await self._pump(box, cell, calls, open_calls, failures)
+                    result = await cell_calls.pump()
                 if result is None and not failures:
                     timed_out = True
                     await box.channel.send({"type": "interrupt", "id": cell})
                     with anyio.move_on_after(self.interrupt_grace):
-                        result = await self._pump(box, cell, calls, open_calls, failures)
+                        result = await cell_calls.pump()
             except (ContainerGone, ProtocolError) as exc:
                 failures.append(exc)
             calls.cancel_scope.cancel()
@@ -450,73 +451,6 @@ class DockerSandbox(Sandbox):
             except (ContainerGone, ProtocolError):
                 return False
         return False
-
-    async def _pump(
-        self,
-        box: SandboxContainer,
-        cell: int,
-        calls: anyio.abc.TaskGroup,
-        open_calls: set[int],
-        failures: list[Exception],
-    ) -> dict[str, Any] | None:
-        while not failures:
-            message = await box.channel.receive()
-            kind = message["type"]
-            if kind == "result":
-                if message["id"] != cell:
-                    raise ProtocolError(f"result for cell {message['id']} while cell {cell} runs")
-                return message
-            if kind == "call":
-                call_id = message["id"]
-                if call_id in open_calls:
-                    raise ProtocolError(f"sub-call id {call_id} reused while still open")
-                if len(open_calls) >= _MAX_OPEN_CALLS:
-                    await box.channel.send(
-                        {
-                            "type": "refused",
-                            "id": call_id,
-                            "message": f"more than {_MAX_OPEN_CALLS} sub-calls at once; "
-                            "use llm_batch for many prompts",
-                        }
-                    )
-                    continue
-                open_calls.add(call_id)
-                calls.start_soon(self._serve_call, box, message, open_calls, failures, calls)
-            elif kind == "fatal":
-                raise ContainerGone(f"runner failed: {message['message'][:300]}")
-            else:
-                raise ProtocolError(f"unexpected {kind} message while a cell runs")
-        return None
-
-    async def _serve_call(
-        self,
-        box: SandboxContainer,
-        message: dict[str, Any],
-        open_calls: set[int],
-        failures: list[Exception],
-        calls: anyio.abc.TaskGroup,
-    ) -> None:
-        call_id = message["id"]
-        try:
-            try:
-                value = await self.bridge.call(message["method"], message["params"])
-                reply: dict[str, Any] = {"type": "reply", "id": call_id, "result": value}
-            except BridgeRefusal as exc:
-                reply = {"type": "refused", "id": call_id, "message": str(exc)}
-            except Exception:
-                # The model's code sees that the call failed, never why inside the host.
-                log.exception("sub-call %s failed inside the host", message["method"])
-                reply = {
-                    "type": "refused",
-                    "id": call_id,
-                    "message": "the host could not complete this sub-call (internal error)",
-                }
-            await box.channel.send(reply)
-        except ContainerGone as exc:
-            failures.append(exc)
-            calls.cancel_scope.cancel()
-        finally:
-            open_calls.discard(call_id)
 
     async def _death_cause(self, box: SandboxContainer, exc: Exception) -> str:
         state = await box.inspect_state()

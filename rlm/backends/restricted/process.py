@@ -36,6 +36,7 @@ from rlm_sandbox import protocol
 from rlm_sandbox.final import json_size
 
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
+from rlm.backends.calls import CellCalls
 from rlm.backends.restricted.confine import Limits
 from rlm.backends.restricted.sandbox import STOP_GRACE_S, VARIABLE_TIMEOUT_S
 from rlm.backends.restricted.spawn import SPARES, Pipes, WorkerGone, drop_spares, kill, spawn
@@ -43,7 +44,6 @@ from rlm.backends.restricted.worker import RESET_MARK
 from rlm.backends.values import check_bind
 from rlm.bridge import SessionBridge
 from rlm.errors import (
-    BridgeRefusal,
     ProtocolError,
     SandboxError,
     SnapshotError,
@@ -61,7 +61,6 @@ START_TIMEOUT_S = 30.0
 _REQUEST_TIMEOUT_S = 300.0
 #: The longest text ``get_variable`` brings back from a worker (as from Docker).
 MAX_VARIABLE_CHARS = 8_000_000
-_MAX_OPEN_CALLS = 256
 
 
 class ProcessSandbox(Sandbox):
@@ -390,10 +389,18 @@ class ProcessSandbox(Sandbox):
     async def _run_cell(
         self, pipes: Pipes, cell: int, code: str, timeout: float, limit: float
     ) -> dict[str, Any] | None:
-        failures: list[Exception] = []
         result: dict[str, Any] | None = None
-        open_calls: set[int] = set()
         async with anyio.create_task_group() as calls:
+            cell_calls = CellCalls(
+                pipes,
+                self.bridge,
+                cell,
+                calls,
+                gone=WorkerGone,
+                fatal="the worker failed",
+                name_errors=True,  # as in-process: the exception's type, never its message
+            )
+            failures = cell_calls.failures
             try:
                 await pipes.send(
                     {
@@ -406,7 +413,7 @@ class ProcessSandbox(Sandbox):
                     }
                 )
                 with anyio.move_on_after(limit):
-                    result = await self._pump(pipes, cell, calls, open_calls, failures)
+                    result = await cell_calls.pump()
             except BaseException as exc:
                 if not isinstance(exc, (WorkerGone, ProtocolError)):
                     calls.cancel_scope.cancel()
@@ -416,73 +423,6 @@ class ProcessSandbox(Sandbox):
         if failures:
             raise failures[0]
         return result
-
-    async def _pump(
-        self,
-        pipes: Pipes,
-        cell: int,
-        calls: anyio.abc.TaskGroup,
-        open_calls: set[int],
-        failures: list[Exception],
-    ) -> dict[str, Any] | None:
-        while not failures:
-            message = await pipes.receive()
-            kind = message["type"]
-            if kind == "result":
-                if message["id"] != cell:
-                    raise ProtocolError(f"result for cell {message['id']} while cell {cell} runs")
-                return message
-            if kind == "call":
-                call_id = message["id"]
-                if call_id in open_calls:
-                    raise ProtocolError(f"sub-call id {call_id} reused while still open")
-                if len(open_calls) >= _MAX_OPEN_CALLS:
-                    await pipes.send(
-                        {
-                            "type": "refused",
-                            "id": call_id,
-                            "message": f"more than {_MAX_OPEN_CALLS} sub-calls at once; "
-                            "use llm_batch for many prompts",
-                        }
-                    )
-                    continue
-                open_calls.add(call_id)
-                calls.start_soon(self._serve_call, pipes, message, open_calls, failures, calls)
-            elif kind == "fatal":
-                raise WorkerGone(f"the worker failed: {message['message'][:300]}")
-            else:
-                raise ProtocolError(f"unexpected {kind} message while a cell runs")
-        return None
-
-    async def _serve_call(
-        self,
-        pipes: Pipes,
-        message: dict[str, Any],
-        open_calls: set[int],
-        failures: list[Exception],
-        calls: anyio.abc.TaskGroup,
-    ) -> None:
-        call_id = message["id"]
-        try:
-            try:
-                value = await self.bridge.call(message["method"], message["params"])
-                reply: dict[str, Any] = {"type": "reply", "id": call_id, "result": value}
-            except BridgeRefusal as exc:
-                reply = {"type": "refused", "id": call_id, "message": str(exc)}
-            except Exception as exc:
-                # As in-process: the exception's type, never its message or traceback.
-                log.exception("sub-call %s failed inside the host", message["method"])
-                reply = {
-                    "type": "refused",
-                    "id": call_id,
-                    "message": f"the host could not complete this sub-call ({type(exc).__name__})",
-                }
-            await pipes.send(reply)
-        except WorkerGone as exc:
-            failures.append(exc)
-            calls.cancel_scope.cancel()
-        finally:
-            open_calls.discard(call_id)
 
 
 def _exit_cause(code: int | None) -> str:
