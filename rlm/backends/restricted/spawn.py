@@ -158,7 +158,9 @@ class Pipes:
                     message = await anyio.to_thread.run_sync(_parse, payload)
             except protocol.TooManyValues as exc:
                 call = _CALL_HEAD.match(payload[:64])
-                if call is None:
+                # An id past MAX_ID cannot be answered (the worker refuses such a
+                # reply), as on the Docker channel: the session ends instead.
+                if call is None or int(call.group(1)) > protocol.MAX_ID:
                     raise ProtocolError(str(exc)) from None
                 self._ready.pop(0)
                 await self.send({"type": "refused", "id": int(call.group(1)), "message": str(exc)})
