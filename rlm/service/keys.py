@@ -214,6 +214,26 @@ SERVER_KEYS: tuple[Key, ...] = (
         "taken for dead (its host crashed or lost the database), and another replica "
         "marks its runs in flight interrupted.",
     ),
+    Key(
+        "auth_failures_per_minute",
+        _integer(1, unlimited=True),
+        "Failed bearer tokens one client address may send in 60 s; past it every "
+        "request from that address with an Authorization header, a right token too, "
+        "gets 429 with Retry-After until the window frees. Default: 10.",
+    ),
+    Key(
+        "trusted_proxy",
+        _text(),
+        "The address of the reverse proxy in front (e.g. Caddy on 127.0.0.1): only its "
+        "requests are counted by their last X-Forwarded-For entry. Unset, the direct "
+        "peer's address counts, so behind a proxy all clients share one limit.",
+    ),
+    Key(
+        "body_timeout_s",
+        _number(),
+        "Seconds a request body may pause between chunks (and 4x this for all of it) "
+        "before the request gets 408 and its connection closes: slow bodies hold nothing.",
+    ),
 )
 
 #: Keys of a profile that are SessionLimits fields (rlm/limits.py).

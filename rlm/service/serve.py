@@ -19,6 +19,7 @@ import uvicorn
 
 from rlm.service.app import build_app
 from rlm.service.config import load_config
+from rlm.service.guard import Guard, head_deadline_protocol
 
 if TYPE_CHECKING:
     import argparse
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 
 #: Seconds uvicorn waits for open requests after the runs were interrupted.
 GRACEFUL_S = 15
+#: The largest request line and headers taken; longer, the connection is refused.
+MAX_HEAD_BYTES = 64 << 10
+#: Seconds an idle keep-alive connection stays open.
+KEEP_ALIVE_S = 5
 
 log = logging.getLogger("rlm.service")
 
@@ -58,14 +63,27 @@ def serve(config_path: str, host: str, port: int) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build_app(config)
+    settings = config.server
+    guarded = Guard(
+        app,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
+        trusted_proxy=settings.trusted_proxy,
+        body_timeout_s=settings.body_timeout_s,
+    )
     server = _Server(
         uvicorn.Config(
-            app,
+            guarded,
             host=host,
             port=port,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_S,
             server_header=False,
+            # h11, not httptools: httptools takes headers of any size (a 1 MiB header
+            # was read and answered); h11 refuses a head over this with 400, and the
+            # head must arrive within body_timeout_s (uvicorn alone waits for ever).
+            http=head_deadline_protocol(settings.body_timeout_s),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_S,
             log_config=None,
         ),
         app,

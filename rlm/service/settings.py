@@ -54,6 +54,13 @@ class ServerSettings:
     replica_id: str = field(default_factory=_replica_id)
     #: A replica silent this long is taken for dead, its runs in flight interrupted.
     replica_timeout_s: float = 30.0
+    #: Failed bearer tokens an address may send per minute before it gets 429s;
+    #: None: no limit (rlm/service/guard.py).
+    auth_failures_per_minute: int | None = 10
+    #: The reverse proxy whose X-Forwarded-For names the client (else the peer counts).
+    trusted_proxy: str | None = None
+    #: Seconds a request body may pause between chunks before 408 (4x for all of it).
+    body_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
