@@ -251,6 +251,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--image", help="sandbox image to attack (RLM_IMAGE)")
     check.add_argument("--category", action="append", help="only these categories")
     check.add_argument("--json", action="store_true")
+    for flag in ("--service", "--token", "--other-token", "--slow-bound"):
+        check.add_argument(flag, help="--service URL --token T: attack a running `rlm serve`")
     check.set_defaults(handler=cmd_security_check)
 
     serve = commands.add_parser(
@@ -580,7 +582,10 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_security_check(args: argparse.Namespace) -> int:
     from rlm.security.check import run_security_check
+    from rlm.security.service_target import main_for
 
+    if args.service is not None:
+        return main_for(args, stdout)
     return run_security_check(
         backend=args.backend,
         runtime=args.runtime,
