@@ -219,7 +219,7 @@ SERVER_KEYS: tuple[Key, ...] = (
         _integer(1, unlimited=True),
         "Failed bearer tokens one client address may send in 60 s; past it every "
         "request from that address with an Authorization header, a right token too, "
-        "gets 429 with Retry-After until the window frees. Default: 10.",
+        "gets 429 with Retry-After until the window frees.",
     ),
     Key(
         "trusted_proxy",
