@@ -134,10 +134,10 @@ async def test_a_sandbox_dropped_without_close_leaves_no_cell_thread() -> None:
 
     before = cell_threads()
     for _ in range(5):
-        sandbox, _b, _br = make_sandbox()
+        sandbox, batcher, bridge = make_sandbox()
         await sandbox.start()
         assert (await sandbox.execute("x = 1", 5)).error is None
-        del sandbox
+        del sandbox, batcher, bridge  # all of it dropped, nothing closed
     # A thread may hold its last job a moment after the cell's result; on a loaded
     # machine (CI) the dropped sandboxes' threads took over a second to go.
     for _ in range(500):
