@@ -204,16 +204,22 @@ class Watchdog:
                 while not self._jobs:
                     self._lock.wait()
             time.sleep(_WATCHDOG_INTERVAL_S)
-            with self._lock:
-                jobs = list(self._jobs.items())
-            if not jobs:
-                continue
-            rss = _rss_bytes()
-            if rss is None:
-                continue
-            for job, (baseline, limit) in jobs:
-                if rss - baseline > limit and not job.over:
-                    job.request_stop(MemoryLimitExceeded)
+            # In a call of its own, so that no job outlives the sample in a local
+            # variable: asleep, the thread held the last job it looked at, and with it
+            # that job's sandbox, which a sandbox dropped without close needs gone.
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.items())
+        if not jobs:
+            return
+        rss = _rss_bytes()
+        if rss is None:
+            return
+        for job, (baseline, limit) in jobs:
+            if rss - baseline > limit and not job.over:
+                job.request_stop(MemoryLimitExceeded)
 
 
 #: The one watchdog thread, shared by every session's jobs.
