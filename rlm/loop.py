@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import anyio
@@ -81,6 +82,7 @@ class RootLoop:
         children: bool = False,
         tools: str = "",
         schema: AnswerSchema | None = None,
+        ready: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -92,6 +94,9 @@ class RootLoop:
         self.children = children
         self.tools = tools
         self.schema = schema
+        #: Awaited before the sandbox is first used: a session's first turn starts the
+        #: sandbox and loads its context while the first root call is in flight.
+        self._ready = ready
         self.invalid_answers = 0
         self.compaction = Compaction(config)
         #: Every message of the conversation, kept whole when it is compacted.
@@ -150,7 +155,7 @@ class RootLoop:
                     ending = self._finish(reply.final.answer or "", iteration)
                 else:
                     try:
-                        value = await self.sandbox.get_variable(reply.final.variable)
+                        value = await (await self._sandbox()).get_variable(reply.final.variable)
                         ending = self._finish(value, iteration, how="FINAL_VAR")
                     except VariableNotFound:
                         ending = missing_variable(reply.final.variable)
@@ -240,7 +245,7 @@ class RootLoop:
         final = parse_reply(text).final
         if final is not None and final.variable is not None:
             try:
-                answer = await self.sandbox.get_variable(final.variable)
+                answer = await (await self._sandbox()).get_variable(final.variable)
                 return self._forced(answer, iteration)
             except VariableNotFound:
                 self.session.event("missing_variable", name=final.variable)
@@ -342,17 +347,25 @@ class RootLoop:
 
     # -- cells ---------------------------------------------------------------------------
 
+    async def _sandbox(self) -> Sandbox:
+        """The sandbox, once it is ready."""
+        if self._ready is not None:
+            await self._ready()
+            self._ready = None
+        return self.sandbox
+
     async def run_cell(self, code: str, iteration: int) -> CellResult:
         self.session.event("cell", iteration=iteration, code=code)
         timeout = self.config.cell_timeout
         left = self.session.tree.remaining()
         if left is not None:
             timeout = max(0.001, min(timeout, left))
+        sandbox = await self._sandbox()
         try:
-            result = await self.sandbox.execute(code, timeout)
+            result = await sandbox.execute(code, timeout)
         finally:
             # Streams the cell left open are cancelled with it.
-            await self.sandbox.bridge.cell_finished()
+            await sandbox.bridge.cell_finished()
         self.session.event("output", iteration=iteration, **result.to_dict())
         if result.timed_out and left is not None and left < self.config.cell_timeout:
             self.session.tree.stop("max_wall_time_s")

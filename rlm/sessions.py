@@ -262,11 +262,19 @@ class RLMSession:
             tools=list(self.rlm.tools.names),
             turn=turn,
         )
-        await self._start_sandbox(stack)
-        if context is not None:
-            await self._bind_context(stack, context)
-        if self.history:
-            await sandbox.bind("history", self.history)
+        latest = describe_context(context) if context is not None else self._latest
+        contexts = [*self._contexts, latest] if context is not None else self._contexts
+        note = self._note(turn, contexts)
+        ready = anyio.Event()
+
+        async def prepare() -> None:
+            await self._start_sandbox(stack)
+            if context is not None:
+                await self._bind_context(stack, context)
+            if self.history:
+                await sandbox.bind("history", self.history)
+            ready.set()
+
         loop = RootLoop(
             config,
             self._batcher.client,
@@ -278,8 +286,11 @@ class RLMSession:
             children=self._children is not None and self._children.can_spawn(state),
             tools=self.rlm.tools.describe(),
             schema=schema,
+            ready=ready.wait,
         )
-        ending = await loop.run(query, self._latest, note=self._note(turn))
+        # The sandbox starts and takes its context while the first root call is in
+        # flight: a container start and a large context cost as much as a model call.
+        ending = await _beside(prepare, lambda: loop.run(query, latest, note=note))
         events = self._trajectory.events[mark:]
         lost = any(e.get("state_lost") for e in events if e["event"] == "output")
         if lost:
@@ -352,11 +363,12 @@ class RLMSession:
         self._latest = describe_context(context)
         self._contexts.append(self._latest)
 
-    def _note(self, turn: int) -> str:
-        """What the root model is told about the session, past the first turn."""
-        if turn == 1 and not self._contexts[:-1] and not self.history:
+    def _note(self, turn: int, contexts: list[str]) -> str:
+        """What the root model is told about the session, past the first turn, once
+        ``contexts`` are bound."""
+        if turn == 1 and not contexts[:-1] and not self.history:
             return ""
-        names = ", ".join(f"`context_{i}` ({kind})" for i, kind in enumerate(self._contexts))
+        names = ", ".join(f"`context_{i}` ({kind})" for i, kind in enumerate(contexts))
         lines = [
             f"This is turn {turn} of a session: variables you defined in earlier turns "
             "are still in the REPL.",
@@ -516,6 +528,52 @@ class RLMSession:
     def _trajectory_note(self, why: str) -> None:
         if self._stack is not None:
             self._stack.session.event("session_closed", reason=why, turns=self.turns)
+
+
+async def _beside(prepare: Callable[[], Awaitable[None]], body: Callable[[], Awaitable[T]]) -> T:
+    """``body()``'s result, run while ``prepare()`` runs.
+
+    ``prepare`` failing cancels ``body`` and its error is raised. ``body`` failing
+    waits for ``prepare`` to finish first, so that a failed model call leaves the
+    session's sandbox whole (started, its context bound) for the next turn; only a
+    cancellation stops both at once, as it would have stopped them one after another.
+    """
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def run_body() -> None:
+        try:
+            outcome.append(await body())
+        except Exception as exc:
+            failure.append(exc)
+
+    error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(prepare)
+            group.start_soon(run_body)
+    except BaseExceptionGroup as errors:
+        error = _first(errors)
+    if error is not None:
+        # Raised out here, the error keeps its own cause and is not chained to the group.
+        raise error
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _first(errors: BaseExceptionGroup) -> BaseException:
+    """The error a task group's group stands for: the first that is not a cancellation."""
+    flat: list[BaseException] = []
+    pending: list[BaseException] = [errors]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            flat.append(error)
+    cancelled = anyio.get_cancelled_exc_class()
+    return next((e for e in flat if not isinstance(e, cancelled)), flat[0])
 
 
 def _split(blob: bytes) -> tuple[dict[str, Any], bytes]:

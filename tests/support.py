@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import anyio
+
 from rlm.bridge import SessionBridge
 from rlm.config import RLMConfig
 from rlm.session import SessionLimits, SessionState
@@ -76,3 +78,11 @@ def make_bridge(
     """A bridge for one new session (sub model ``sub-test``) over ``batcher``."""
     session = SessionState(sub_model=SUB_MODEL, limits=limits or SessionLimits(), tenant=tenant)
     return SessionBridge(batcher or FakeBatcher(), session)
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until ``condition()`` holds; polling, because what it reads (a model
+    server's stats, say) changes in another thread."""
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)

@@ -14,11 +14,13 @@ import anyio
 import pytest
 
 from rlm import RLM
-from rlm.errors import SnapshotError
+from rlm.errors import RLMError, SandboxUnavailable, SnapshotError
 from rlm.sessions import MAGIC, SessionClosed
+from rlm.stack import SessionStack
 from rlm.testing import OfflineModelServer
+from rlm.testing.server import Fault
 from tests.cli_support import owner_filter
-from tests.support import ROOT_MODEL, make_config
+from tests.support import ROOT_MODEL, make_config, wait_until
 
 BACKENDS = ["restricted", pytest.param("docker", marks=pytest.mark.docker)]
 
@@ -237,3 +239,74 @@ def test_the_blocking_api_with_forks_and_restore() -> None:
             assert session.completion(query="bump").answer == "6"
         with rlm.restore(blob) as restored:
             assert restored.completion(query="bump").answer == "6"
+
+
+def _start_after_first_request(
+    monkeypatch: pytest.MonkeyPatch, server: OfflineModelServer, *, then: Exception | None = None
+) -> None:
+    """Make a stack's start wait until the model server has a request: a turn that
+    started its sandbox before its first root call would wait here for ever."""
+    start = SessionStack.start
+
+    async def start_late(self: SessionStack, context: Any = None) -> None:
+        await wait_until(lambda: server.stats.requests > 0, timeout=10)
+        if then is not None:
+            await self.aclose()
+            raise then
+        await start(self, context)
+
+    monkeypatch.setattr(SessionStack, "start", start_late)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_the_sandbox_starts_while_the_first_root_call_is_in_flight(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns = {"count": [cell("n = len(context)"), "FINAL_VAR(n)"]}
+    with scripted_server(turns) as server:
+        server.latency = 0.2
+        _start_after_first_request(monkeypatch, server)
+        rlm = RLM(make_config(server, backend=backend))
+        async with rlm.session() as session:
+            result = await session.acompletion(context="x" * 5000, query="count")
+    assert result.answer == "5000"
+    kinds = [e["event"] for e in result.trajectory]
+    assert kinds[0] == "run_start" and "root_call" in kinds
+
+
+async def test_a_sandbox_that_fails_to_start_stops_the_root_call_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    turns = {"count": [cell("n = len(context)"), "FINAL_VAR(n)"]}
+    with scripted_server(turns) as server:
+        server.latency = 30.0
+        _start_after_first_request(monkeypatch, server, then=SandboxUnavailable("engine gone"))
+        rlm = RLM(make_config(server, request_timeout=60.0))
+        session = await rlm.session().start()
+        started = time.monotonic()
+        # The start's own error, not a group of it and the cancelled root call.
+        with pytest.raises(SandboxUnavailable, match="engine gone"):
+            await session.acompletion(context="data", query="count")
+        # A liveness bound, not a speed claim: the root call would take 30 s.
+        assert time.monotonic() - started < 20
+        assert session.closed
+        await wait_until(lambda: server.stats.disconnects > 0, timeout=10)
+        assert server.stats.completed == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+async def test_a_failed_first_root_call_leaves_the_sandbox_ready_for_the_next_turn(
+    backend: str,
+) -> None:
+    turns = {
+        "first": ["FINAL(never)"],
+        "again": [cell("n = len(context_0)"), "FINAL_VAR(n)"],
+    }
+    with scripted_server(turns) as server:
+        server.add_fault(Fault(status=400, match="first"))
+        rlm = RLM(make_config(server, backend=backend))
+        async with rlm.session() as session:
+            with pytest.raises(RLMError):
+                await session.acompletion(context="y" * 700, query="first")
+            again = await session.acompletion(query="again")
+    assert again.answer == "700"

@@ -10,10 +10,9 @@ cell ends.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import pytest
 
 from rlm.backends.base import CellResult
@@ -24,7 +23,7 @@ from rlm.provider.client import ModelClient
 from rlm.session import SessionLimits, SessionState
 from rlm.subcalls.batcher import Batcher
 from rlm.testing import OfflineModelServer
-from tests.support import IMAGE, RUNTIMES
+from tests.support import IMAGE, RUNTIMES, wait_until
 
 SUB = "sub-test"
 #: Long enough that an answer the cell did not wait for cannot have come in time.
@@ -108,13 +107,6 @@ async def setup(request: pytest.FixtureRequest) -> AsyncIterator[Setup]:
             await box.close()
             await bridge.aclose()
             await client.aclose()
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    # Polling, because the server's stats change in the server's own thread.
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.005)
 
 
 def assert_cancelled_not_answered(setup: Setup) -> None:

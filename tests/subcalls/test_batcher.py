@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from rlm.subcalls.batcher import Batcher, SubResult
 from rlm.subcalls.cache import DiskCache, MemoryCache
 from rlm.subcalls.retry import RetryPolicy
 from rlm.testing import Fault, OfflineModelServer
+from tests.support import wait_until
 
 SUB = "sub-test"
 #: Retries that do not slow the suite down (the server's Retry-After still applies).
@@ -48,13 +49,6 @@ def session(
         tenant=tenant,
         emit=events.append if events is not None else None,
     )
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    # Polling, because the server's stats change in the server's own thread.
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
 
 
 def cache_files(directory: Path) -> list[Path]:
