@@ -23,8 +23,8 @@ measurement added on top. Docker containers' memory is their cgroup's
 
 Sizes are interleaved across backends and repeats; each table prints the median
 (min-max), and between consecutive rows the growth exponent
-``log(t2/t1) / log(size2/size1)`` of time and of added memory: 1 is linear, 0 flat,
-above 1 superlinear.
+``log(t2/t1) / log(size2/size1)`` of time (of the medians, then of the minimums) and
+of added memory: 1 is linear, 0 flat, above 1 superlinear.
 """
 
 from __future__ import annotations
@@ -299,11 +299,18 @@ def med(values: list[float]) -> str:
     if not values:
         return "-"
     m = statistics.median(values)
-    scale, unit = (1e3, "ms") if m < 1 else (1.0, "s")
+    scale, unit = (1e6, "us") if m < 1e-3 else (1e3, "ms") if m < 1 else (1.0, "s")
     text = f"{_g(m * scale)} {unit}"
     if len(values) > 1:
         text += f" [{_g(min(values) * scale)}-{_g(max(values) * scale)}]"
     return text
+
+
+def time_exponent(a: list[float], b: list[float], size_a: float, size_b: float) -> str:
+    """The growth exponent of the medians, then of the minimums (the least disturbed
+    by the other work on a shared machine)."""
+    medians = exponent(statistics.median(a), statistics.median(b), size_a, size_b)
+    return f"{medians.strip()}/{exponent(min(a), min(b), size_a, size_b).strip()}"
 
 
 def exponent(a: float | None, b: float | None, size_a: float, size_b: float) -> str:
@@ -328,8 +335,7 @@ def part_context(opts: argparse.Namespace) -> None:
     backends = opts.backends.split(",")
     runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for mb in mbs:
-        repeats = opts.repeats if mb < 1000 else 1
-        for _ in range(repeats):
+        for _ in range(opts.repeats):
             for backend in backends:
                 r = run_worker(
                     {"part": "context", "backend": backend, "mb": mb, "memory": opts.docker_memory}
@@ -344,9 +350,9 @@ def part_context(opts: argparse.Namespace) -> None:
         print(f"  {backend}")
         print(
             "       MB   load                    MB/s  encode ms  cell                   "
-            "host base  +peak  container  | exp: load  +peak  container"
+            "host base  +peak  container  | exp: load (med/min)  +peak  container"
         )
-        prev: tuple[float, float, float, float] | None = None
+        prev: tuple[float, list[float], float, float] | None = None
         for mb in mbs:
             rs = runs[(backend, mb)]
             print_errors(f"{mb:g} MB", rs)
@@ -359,18 +365,20 @@ def part_context(opts: argparse.Namespace) -> None:
             c = statistics.median(cont) if cont else 0.0
             lm = statistics.median(load)
             growth = (
-                f"{exponent(prev[1], lm, prev[0], mb)}  {exponent(prev[2], extra, prev[0], mb)}"
-                f"  {exponent(prev[3], c, prev[0], mb)}"
+                f"{time_exponent(prev[1], load, prev[0], mb):>9}  "
+                f"{exponent(prev[2], extra, prev[0], mb)}  {exponent(prev[3], c, prev[0], mb)}"
                 if prev
                 else ""
             )
+            # A load that does not copy (restricted binds the str) has no rate.
+            rate = f"{mb / lm:6.0f}" if lm >= 1e-3 else f"{'-':>6}"
             enc = collect(rs, "encode")
             encoded = f"{statistics.median(enc) * 1e3:9.1f}" if enc else f"{'-':>9}"
             print(
-                f"  {mb:7g}  {med(load):22} {mb / lm:6.0f} {encoded}   {med(cell):22} "
+                f"  {mb:7g}  {med(load):22} {rate} {encoded}   {med(cell):22} "
                 f"{base:7.0f} {extra:7.0f}  {c:8.0f}   |      {growth}"
             )
-            prev = (mb, lm, extra, c)
+            prev = (mb, load, extra, c)
 
 
 def part_batch(opts: argparse.Namespace, url: str, server_pid: int) -> None:
@@ -401,9 +409,9 @@ def part_batch(opts: argparse.Namespace, url: str, server_pid: int) -> None:
         print(f"  {backend}")
         print(
             "       N    c   wall                    ideal s  ratio  ms/prompt  "
-            "CPU client server  host base  +peak  | exp: wall  +peak"
+            "CPU client server  host base  +peak  | exp: wall (med/min)  +peak"
         )
-        prev: tuple[int, float, float] | None = None
+        prev: tuple[int, list[float], float] | None = None
         for n in ns:
             rs = runs[(backend, n)]
             print_errors(f"N={n}", rs)
@@ -417,7 +425,8 @@ def part_batch(opts: argparse.Namespace, url: str, server_pid: int) -> None:
             cpu = statistics.median(collect(rs, "cpu")) / n * 1e3
             scpu = statistics.median(collect(rs, "server_cpu")) / n * 1e3
             growth = (
-                f"{exponent(prev[1], w, prev[0], n)}  {exponent(prev[2], extra, prev[0], n)}"
+                f"{time_exponent(prev[1], wall, prev[0], n):>9}  "
+                f"{exponent(prev[2], extra, prev[0], n)}"
                 if prev
                 else ""
             )
@@ -426,7 +435,7 @@ def part_batch(opts: argparse.Namespace, url: str, server_pid: int) -> None:
                 f"{w / n * 1e3:8.3f}  {cpu:10.3f} {scpu:6.3f}  "
                 f"{statistics.median(collect(rs, 'base')):8.0f} {extra:6.0f}  |      {growth}"
             )
-            prev = (n, w, extra)
+            prev = (n, wall, extra)
 
 
 def part_sessions(opts: argparse.Namespace, url: str) -> None:
@@ -449,9 +458,9 @@ def part_sessions(opts: argparse.Namespace, url: str) -> None:
         print(f"  {backend}")
         print(
             "       k   wall                    runs/s  ms/run  host base  +peak  MB/run"
-            "  container each  all  at once  | exp: wall  +peak"
+            "  container each  all  at once  | exp: wall (med/min)  +peak"
         )
-        prev: tuple[int, float, float] | None = None
+        prev: tuple[int, list[float], float] | None = None
         for k in ks:
             rs = runs[(backend, k)]
             print_errors(f"k={k}", rs)
@@ -464,7 +473,8 @@ def part_sessions(opts: argparse.Namespace, url: str) -> None:
             total = collect(rs, "container_total")
             at_once = collect(rs, "containers_at_once")
             growth = (
-                f"{exponent(prev[1], w, prev[0], k)}  {exponent(prev[2], extra, prev[0], k)}"
+                f"{time_exponent(prev[1], wall, prev[0], k):>9}  "
+                f"{exponent(prev[2], extra, prev[0], k)}"
                 if prev
                 else ""
             )
@@ -479,7 +489,7 @@ def part_sessions(opts: argparse.Namespace, url: str) -> None:
                 f"{statistics.median(collect(rs, 'base')):8.0f} {extra:6.0f} {extra / k:6.1f}"
                 f"  {cont}  |      {growth}"
             )
-            prev = (k, w, extra)
+            prev = (k, wall, extra)
 
 
 def main() -> None:
