@@ -277,11 +277,10 @@ async def usage(request: Request) -> Response:
 
 async def healthz(request: Request) -> Response:
     service = service_of(request)
-    engines = _engine_stats(service)
-    # Degraded: some sandbox shape has no healthy engine, so its runs would fail.
-    placeable = all(
-        any(slot.healthy for slot in placement.slots) for placement in service.pools.values()
-    )
+    placement = service.placement
+    engines = placement.stats() if placement is not None else []
+    # Degraded: no engine is healthy, so Docker runs would fail.
+    placeable = placement is None or placement.placeable
     return JSONResponse(
         {
             "status": "ok" if placeable else "degraded",
@@ -291,21 +290,6 @@ async def healthz(request: Request) -> Response:
             "engines": engines,
         }
     )
-
-
-def _engine_stats(service: Service) -> list[dict[str, Any]]:
-    """Each engine once (over every sandbox shape): healthy while every shape's
-    pool on it is, its loads summed."""
-    merged: dict[str, dict[str, Any]] = {}
-    for placement in service.pools.values():
-        for stats in placement.stats():
-            counted = ("live_sandboxes", "ready", "placed")
-            seen = merged.setdefault(stats["engine"], {**stats, **dict.fromkeys(counted, 0)})
-            seen["healthy"] = seen["healthy"] and stats["healthy"]
-            seen["error"] = seen["error"] or stats["error"]
-            for key in counted:
-                seen[key] += stats[key]
-    return list(merged.values())
 
 
 async def metrics(request: Request) -> Response:
@@ -326,8 +310,9 @@ async def metrics(request: Request) -> Response:
     m.queue.labels("runs").set(counts["queued"])
     m.queue.labels("sub_calls").set(stats.waiting)
     m.sub_calls_in_flight.set(stats.in_flight)
-    m.pool_ready.set(sum(pool.ready for pool in service.pools.values()))
-    for engine in _engine_stats(service):
+    placement = service.placement
+    m.pool_ready.set(placement.ready if placement is not None else 0)
+    for engine in placement.stats() if placement is not None else []:
         m.engine_healthy.labels(engine["engine"]).set(1 if engine["healthy"] else 0)
         m.engine_sandboxes.labels(engine["engine"]).set(engine["live_sandboxes"])
     return Response(m.render(), media_type=CONTENT_TYPE)

@@ -1,10 +1,11 @@
 """Where a run's sandbox goes: the Docker engines of ``[[engines]]``, least loaded first.
 
-One :class:`Placement` per container shape (the profiles' image, runtime and
-limits) holds one warm pool on every engine and hands each new sandbox to the
-healthy engine with the fewest live sandboxes of this replica (ties go to the
-engine listed first). An engine whose health check (a ping, every few seconds)
-fails, or that fails to start a container, is drained: it gets no new
+One :class:`Placement` holds, on every engine, one warm pool per container shape
+(the profiles' image, runtime and limits) and hands each new sandbox to the
+healthy engine with the fewest live sandboxes of this replica, of any shape (ties
+go to the engine listed first); an engine's ``max_sandboxes`` bounds them all.
+An engine whose health check (a ping, every few seconds) fails, or that fails
+to start a container, is drained: it gets no new
 sandboxes until a check passes again, while the sandboxes already on it run on
 (or fail on their own, with their run). With no ``[[engines]]``, the one engine
 of the environment (``DOCKER_HOST`` and friends, or the local socket) is the
@@ -22,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -107,12 +109,13 @@ def engine_name(engine: Engine | None) -> str:
 
 @dataclass(eq=False)
 class EngineSlot:
-    """One engine as the placement sees it: its pool, its health, its load."""
+    """One engine as the placement sees it: its pools, its health, its load."""
 
     name: str
     engine: Engine | None
     client: DockerClient | None = None
-    pool: ContainerPool | None = None
+    #: One warm pool per container shape, while the engine is connected.
+    pools: dict[ContainerSpec, ContainerPool] = field(default_factory=dict)
     healthy: bool = False
     #: Why the engine is drained (None while healthy).
     error: str | None = _UNCHECKED
@@ -131,6 +134,10 @@ class EngineSlot:
     @property
     def load(self) -> int:
         return self.live + self.starting
+
+    @property
+    def ready(self) -> int:
+        return sum(pool.ready for pool in self.pools.values())
 
     @property
     def full(self) -> bool:
@@ -153,23 +160,25 @@ class EngineSlot:
             "healthy": self.healthy,
             "error": self.error,
             "live_sandboxes": self.live,
-            "ready": self.pool.ready if self.pool is not None else 0,
+            "ready": self.ready,
             "max_sandboxes": self.engine.max_sandboxes if self.engine is not None else None,
             "placed": self.placed,
         }
 
 
 class Placement:
-    """A :class:`~rlm.backends.docker.source.ContainerSource` over several engines.
+    """Containers of one or more shapes over several engines.
 
     Use it inside ``async with``: entering connects to every engine (one that
     cannot be reached starts drained, and is checked again like any other), opens
-    a warm pool of ``pool_size`` on each, and starts the health checks.
+    a warm pool of ``pool_size`` per shape on each, and starts the health checks.
+    :meth:`source` is a :class:`~rlm.backends.docker.source.ContainerSource` for
+    one shape; with a single shape the placement is one itself.
     """
 
     def __init__(
         self,
-        spec: ContainerSpec,
+        specs: ContainerSpec | Sequence[ContainerSpec],
         engines: Sequence[Engine] = (),
         *,
         pool_size: int = 2,
@@ -177,7 +186,11 @@ class Placement:
         check_interval_s: float = CHECK_INTERVAL_S,
         room_wait_s: float = ROOM_WAIT_S,
     ) -> None:
-        self.spec = spec
+        shapes = list(specs) if isinstance(specs, Sequence) else [specs]
+        if not shapes:
+            raise ValueError("a placement needs at least one container shape")
+        #: The container shapes, each once.
+        self.specs: list[ContainerSpec] = list(dict.fromkeys(shapes))
         self.pool_size = pool_size
         self.max_message = max_message
         self.check_interval_s = check_interval_s
@@ -190,9 +203,27 @@ class Placement:
         self._scopes: list[anyio.CancelScope] = []
 
     @property
+    def spec(self) -> ContainerSpec:
+        """The one shape of a single-shape placement."""
+        if len(self.specs) != 1:
+            raise ValueError("this placement has several shapes: use source(spec)")
+        return self.specs[0]
+
+    def source(self, spec: ContainerSpec) -> ShapeSource:
+        """The containers of ``spec`` (one of :attr:`specs`) from this placement."""
+        if spec not in self.specs:
+            raise ValueError(f"this placement has no pools for {spec!r}")
+        return ShapeSource(self, spec)
+
+    @property
     def ready(self) -> int:
         """Warm containers ready on the healthy engines."""
-        return sum(s.pool.ready for s in self.slots if s.pool is not None and s.healthy)
+        return sum(slot.ready for slot in self.slots if slot.healthy)
+
+    @property
+    def placeable(self) -> bool:
+        """Whether a sandbox could be placed now: some engine is healthy."""
+        return any(slot.healthy for slot in self.slots)
 
     @property
     def live(self) -> int:
@@ -259,42 +290,51 @@ class Placement:
             tried.set()
             return
         try:
-            pool = ContainerPool(
-                self.spec,
-                size=self.pool_size,
-                docker_client=slot.client,
-                max_message=self.max_message,
-            )
-            async with pool:
-                slot.pool = pool
+            async with AsyncExitStack() as pools:
+                for spec in self.specs:
+                    pool = ContainerPool(
+                        spec,
+                        size=self.pool_size,
+                        docker_client=slot.client,
+                        max_message=self.max_message,
+                    )
+                    slot.pools[spec] = await pools.enter_async_context(pool)
                 slot.restore()
                 tried.set()
                 await self._closing.wait()
         finally:
             tried.set()
-            slot.pool = None
+            slot.pools = {}
             slot.client.close()
 
     # -- placing a sandbox -----------------------------------------------------------
 
-    def _choices(self) -> list[EngineSlot]:
-        open_slots = [s for s in self.slots if s.healthy and s.pool is not None and not s.full]
+    def _choices(self, spec: ContainerSpec) -> list[EngineSlot]:
+        open_slots = [s for s in self.slots if s.healthy and spec in s.pools and not s.full]
         # Stable: among engines equally loaded, the one listed first.
         return sorted(open_slots, key=lambda s: s.load)
 
-    async def acquire(self, labels: Mapping[str, str] | None = None) -> SandboxContainer:
-        """A started container from the least-loaded healthy engine with room.
+    async def acquire(
+        self, labels: Mapping[str, str] | None = None, *, spec: ContainerSpec | None = None
+    ) -> SandboxContainer:
+        """A started container of ``spec`` (the one shape, when there is one) from
+        the least-loaded healthy engine with room.
 
         An engine that fails to start one is drained and the next one is tried;
         when every healthy engine is full, waits up to ``room_wait_s`` for room.
         """
+        spec = spec if spec is not None else self.spec
+        if spec not in self.specs:
+            raise ValueError(f"this placement has no pools for {spec!r}")
         deadline = time.monotonic() + self.room_wait_s
         while True:
-            for slot in self._choices():
-                assert slot.pool is not None
+            for slot in self._choices(spec):
+                pool = slot.pools.get(spec)
+                if pool is None:  # the engine went away since the choice was made
+                    continue
                 slot.starting += 1
                 try:
-                    box = await slot.pool.acquire(labels)
+                    box = await pool.acquire(labels)
                 except SandboxUnavailable as exc:
                     slot.drain(f"could not start a sandbox: {_short(exc)}")
                     continue
@@ -303,7 +343,7 @@ class Placement:
                 slot.handed.append(box)
                 slot.placed += 1
                 return box
-            if any(s.healthy and s.pool is not None for s in self.slots):
+            if any(s.healthy and s.pools for s in self.slots):
                 if time.monotonic() < deadline:
                     await anyio.sleep(0.1)
                     continue
@@ -326,7 +366,7 @@ class Placement:
                 tasks.start_soon(self._check_one, slot)
 
     async def _check_one(self, slot: EngineSlot) -> None:
-        if slot.client is None or slot.pool is None:
+        if slot.client is None or not slot.pools:
             return  # not connected: its own task keeps trying
         try:
             with anyio.fail_after(CHECK_TIMEOUT_S):
@@ -346,6 +386,26 @@ class Placement:
             while True:
                 await anyio.sleep(self.check_interval_s)
                 await self.check()
+
+
+@dataclass(frozen=True)
+class ShapeSource:
+    """A :class:`~rlm.backends.docker.source.ContainerSource` of one shape of a
+    :class:`Placement`."""
+
+    placement: Placement
+    spec: ContainerSpec
+
+    @property
+    def ready(self) -> int:
+        return sum(
+            slot.pools[self.spec].ready
+            for slot in self.placement.slots
+            if slot.healthy and self.spec in slot.pools
+        )
+
+    async def acquire(self, labels: Mapping[str, str] | None = None) -> SandboxContainer:
+        return await self.placement.acquire(labels, spec=self.spec)
 
 
 _TLS_FAILURE = re.compile(r"\[SSL: [A-Z_]+\] ([^(')\"]+)")

@@ -1,8 +1,8 @@
 """Everything one replica shares across requests, built when the app starts and
 closed when it stops: the store, the tenants' authenticator and quotas, one
-batcher for every run's model calls, one placement per Docker sandbox shape the
-profiles use (a warm pool on each Docker engine, :mod:`rlm.service.engines`), and
-the run manager."""
+batcher for every run's model calls, the placement of Docker sandboxes (a warm
+pool per sandbox shape the profiles use on each Docker engine,
+:mod:`rlm.service.engines`), and the run manager."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from rlm.service.runs import RunManager
 from rlm.service.sse import keepalive_seconds
 
 if TYPE_CHECKING:
-    from rlm.backends.docker import ContainerSpec
+    from rlm.backends.docker import ContainerSource, ContainerSpec
     from rlm.core import RLM
     from rlm.service.auth import Authenticator
     from rlm.service.config import ServiceConfig
@@ -43,8 +43,10 @@ class Service:
     batcher: Batcher
     manager: RunManager
     metrics: Metrics
-    #: Where each Docker sandbox shape's containers come from.
-    pools: dict[ContainerSpec, Placement] = field(default_factory=dict)
+    #: The Docker engines and their warm pools (None when no profile is on Docker).
+    placement: Placement | None = None
+    #: Where each Docker sandbox shape's containers come from (the placement's).
+    pools: dict[ContainerSpec, ContainerSource] = field(default_factory=dict)
     keepalive_s: float = 10.0
     started: float = field(default_factory=time.time)
 
@@ -74,7 +76,8 @@ async def running_service(
         stack.push_async_callback(store.close)
         batcher = Batcher(model_client(base), max_concurrent=config.server.max_concurrent_sub_calls)
         stack.push_async_callback(batcher.client.aclose)
-        pools = await _open_pools(config, base, stack)
+        placement = await _open_placement(config, base, stack)
+        pools = {spec: placement.source(spec) for spec in placement.specs} if placement else {}
 
         def make_rlm(run_config: RLMConfig, on_event: Callable[[dict[str, Any]], None]) -> RLM:
             pool = None
@@ -102,6 +105,7 @@ async def running_service(
             batcher=batcher,
             manager=manager,
             metrics=metrics,
+            placement=placement,
             pools=pools,
             keepalive_s=keepalive_seconds(),
         )
@@ -115,12 +119,12 @@ async def running_service(
         yield service
 
 
-async def _open_pools(
+async def _open_placement(
     config: ServiceConfig, base: RLMConfig, stack: contextlib.AsyncExitStack
-) -> dict[ContainerSpec, Placement]:
-    """One placement (a warm pool on every engine) per container shape of the
-    Docker profiles; entering a pool sweeps the containers of processes of this
-    host that died before removing theirs."""
+) -> Placement | None:
+    """The engines, with a warm pool on each per container shape of the Docker
+    profiles (None when no profile is on Docker); entering a pool sweeps the
+    containers of processes of this host that died before removing theirs."""
     specs = []
     for profile in config.profiles.values():
         if profile.backend == "docker":
@@ -129,14 +133,11 @@ async def _open_pools(
             spec = ContainerSpec.from_config(profile.rlm_config(base))
             if spec not in specs:
                 specs.append(spec)
-    pools: dict[ContainerSpec, Placement] = {}
     if not specs:
-        return pools
+        return None
     from rlm.service.engines import Placement
 
-    for spec in specs:
-        # An engine that cannot be reached starts drained and is retried; runs
-        # then go to the others, or fail saying which engine is down and why.
-        placement = Placement(spec, config.engines, pool_size=config.server.pool_size)
-        pools[spec] = await stack.enter_async_context(placement)
-    return pools
+    # An engine that cannot be reached starts drained and is retried; runs then go
+    # to the others, or fail saying which engine is down and why.
+    placement = Placement(specs, config.engines, pool_size=config.server.pool_size)
+    return await stack.enter_async_context(placement)

@@ -124,6 +124,28 @@ async def test_every_engine_full_waits_then_says_so() -> None:
         await (await placement.acquire()).remove()
 
 
+async def test_every_shape_shares_an_engines_max_sandboxes() -> None:
+    # Two sandbox shapes on one engine: its bound counts them together (a placement
+    # per shape would each have allowed max_sandboxes), and it is checked once.
+    small, large = ContainerSpec(image=IMAGE), ContainerSpec(image=IMAGE, memory="768m")
+    engine = Engine(url=LOCAL.url, max_sandboxes=2)
+    async with Placement([small, large], [engine], pool_size=0, room_wait_s=0.5) as placement:
+        (slot,) = placement.slots
+        boxes = [await placement.acquire(spec=small), await placement.source(large).acquire()]
+        try:
+            assert [box.spec for box in boxes] == [small, large]
+            assert slot.live == 2 and placement.stats()[0]["live_sandboxes"] == 2
+            for spec in (small, large):
+                with pytest.raises(SandboxUnavailable, match="at its max_sandboxes"):
+                    await placement.acquire(spec=spec)
+        finally:
+            await _remove(boxes)
+        with pytest.raises(ValueError, match="several shapes"):
+            await placement.acquire()
+        with pytest.raises(ValueError, match="no pools"):
+            placement.source(ContainerSpec(image=IMAGE, memory="1g"))
+
+
 async def test_a_failing_engine_is_drained_and_comes_back(
     docker_client: Any, second_engine: SecondEngine
 ) -> None:
@@ -186,7 +208,7 @@ async def test_an_engine_down_at_start_is_connected_when_it_comes_up() -> None:
                 if slot.healthy:
                     break
                 await anyio.sleep(0.1)
-            assert slot.healthy and slot.pool is not None
+            assert slot.healthy and list(slot.pools) == placement.specs
     finally:
         port_engine.close()
 
