@@ -42,10 +42,12 @@ class FakeBatcher:
     """Answers every prompt at once; records what it was asked.
 
     Prompts starting with ``fail:`` come back as failed sub-calls, and ``boom``
-    makes the batcher itself raise (a host-side bug the sandbox must not see).
+    makes the batcher itself raise (a host-side bug the sandbox must not see);
+    with ``faults=False`` every prompt is echoed (for prompts drawn at random).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, faults: bool = True) -> None:
+        self.faults = faults
         self.calls: list[tuple[str, str, list[str], int | None]] = []
 
     async def run(
@@ -58,11 +60,11 @@ class FakeBatcher:
         on_result: Callable[[int, SubResult], None] | None = None,
     ) -> list[SubResult]:
         self.calls.append((session.session_id, model, list(prompts), max_concurrent))
-        if any(p == "boom" for p in prompts):
+        if self.faults and any(p == "boom" for p in prompts):
             raise RuntimeError("internal detail /etc/host-secret-path should not leak")
         results = [
             SubResult(error=p[5:], kind="provider")
-            if p.startswith("fail:")
+            if self.faults and p.startswith("fail:")
             else SubResult(text=f"echo:{p}")
             for p in prompts
         ]

@@ -35,30 +35,7 @@ from tests.fuzz.support import (
     json_scalars,
     json_values,
 )
-from tests.support import SUB_MODEL
-
-
-class EchoBatcher:
-    """Answers every prompt at once (none fails); records what it was asked."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, list[str], int | None]] = []
-
-    async def run(
-        self,
-        session: SessionState,
-        model: str,
-        prompts: list[str],
-        max_concurrent: int | None,
-        *,
-        on_result: Callable[[int, SubResult], None] | None = None,
-    ) -> list[SubResult]:
-        self.calls.append((session.session_id, model, list(prompts), max_concurrent))
-        results = [SubResult(text=f"echo:{p}") for p in prompts]
-        for i, result in enumerate(results):
-            if on_result is not None:
-                on_result(i, result)
-        return results
+from tests.support import SUB_MODEL, FakeBatcher
 
 
 class FakeChildren:
@@ -89,7 +66,7 @@ class FakeChildren:
 
 class Rig:
     def __init__(self, limits: SessionLimits | None = None) -> None:
-        self.batcher = EchoBatcher()
+        self.batcher = FakeBatcher(faults=False)
         self.children = FakeChildren()
         self.tool_runs: list[dict[str, Any]] = []
 
