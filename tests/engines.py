@@ -293,3 +293,16 @@ class SecondEngine:
         self.stop()
         subprocess.run(["ip", "link", "del", self.bridge], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def running_engine(source: Any, image: str, **options: Any) -> Iterator[SecondEngine]:
+    """A :class:`SecondEngine` (``options`` as its own) started with ``image`` copied
+    in from the ``source`` engine's client, closed on the way out."""
+    engine = SecondEngine(**options)
+    try:
+        engine.start()
+        engine.load_image(source, image)
+        yield engine
+    finally:
+        engine.close()

@@ -29,7 +29,7 @@ import pytest
 
 from rlm.demo import make_haystack
 from tests.cli_support import RLM, read_events, start_model_server
-from tests.engines import SecondEngine
+from tests.engines import SecondEngine, running_engine
 from tests.support import IMAGE
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -47,13 +47,8 @@ MOMENTS = ("sandbox_started", "root_call", "batch_start")
 
 @pytest.fixture(scope="module")
 def engine(docker_client: Any) -> Iterator[SecondEngine]:
-    second = SecondEngine()
-    try:
-        second.start()
-        second.load_image(docker_client, IMAGE)
-        yield second
-    finally:
-        second.close()
+    with running_engine(docker_client, IMAGE) as engine:
+        yield engine
 
 
 @dataclass

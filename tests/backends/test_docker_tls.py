@@ -19,7 +19,7 @@ from rlm.backends.docker import ContainerSpec, DockerSandbox, doctor_checks, una
 from rlm.backends.docker import engine as engine_module
 from rlm.config import RLMConfig
 from rlm.errors import SandboxUnavailable
-from tests.engines import SecondEngine, make_certs
+from tests.engines import SecondEngine, make_certs, running_engine
 from tests.support import IMAGE, FakeBatcher, make_bridge
 
 pytestmark = pytest.mark.docker
@@ -29,13 +29,8 @@ DOCKER_VARS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "RLM_DOCK
 
 @pytest.fixture(scope="module")
 def tls_engine(docker_client: Any) -> Iterator[SecondEngine]:
-    engine = SecondEngine(tls=True)
-    try:
-        engine.start()
-        engine.load_image(docker_client, IMAGE)
+    with running_engine(docker_client, IMAGE, tls=True) as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from rlm.backends.docker import ColdStart, ContainerSpec, DockerSandbox
-from tests.engines import SecondEngine, ensure_dockremap
+from tests.engines import SecondEngine, ensure_dockremap, running_engine
 from tests.support import IMAGE, FakeBatcher, make_bridge
 
 pytestmark = pytest.mark.docker
@@ -36,13 +36,8 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def userns_engine(docker_client: Any) -> Iterator[SecondEngine]:
-    engine = SecondEngine(userns_remap=True)
-    try:
-        engine.start()
-        engine.load_image(docker_client, IMAGE)
+    with running_engine(docker_client, IMAGE, userns_remap=True) as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 def _host_uids(pid: int) -> list[int]:

@@ -23,7 +23,7 @@ from rlm.errors import SandboxUnavailable
 from rlm.service.engines import Placement
 from rlm.service.settings import Engine
 from rlm.testing import OfflineModelServer
-from tests.engines import SecondEngine, make_certs
+from tests.engines import SecondEngine, make_certs, running_engine
 from tests.service.api_support import SCRIPTS, Service, config_text, wait_status
 from tests.support import IMAGE
 
@@ -34,13 +34,8 @@ LOCAL = Engine(url="unix:///var/run/docker.sock")
 
 @pytest.fixture(scope="module")
 def second_engine(docker_client: Any) -> Iterator[SecondEngine]:
-    engine = SecondEngine()
-    try:
-        engine.start()
-        engine.load_image(docker_client, IMAGE)
+    with running_engine(docker_client, IMAGE) as engine:
         yield engine
-    finally:
-        engine.close()
 
 
 def _tagged(client: Any, tag: str) -> int:
