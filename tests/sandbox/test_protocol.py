@@ -59,6 +59,20 @@ def test_large_message_is_cut_into_capped_frames_and_reassembled() -> None:
     assert [P.parse(g, P.FROM_HOST)["context"] for g in got] == [context]
 
 
+def test_a_small_frame_is_one_chunk_and_a_large_one_is_not_copied() -> None:
+    # One chunk is one write: the reader wakes once, not for a header and then its payload.
+    small = list(P.encode({"type": "interrupt", "id": 1}))
+    assert len(small) == 1 and small[0].startswith(P.LAST)
+    text = "x" * (P.JOIN_MAX + 1)  # a blob of one frame, over the join size
+    big = list(P.encode({"type": "restore", "id": 1, "blob": text}))
+    assert [len(c) for c in big[:2]] == [P.HEADER_SIZE, P.JOIN_MAX + 1]
+    assert isinstance(big[1], memoryview)  # a view of the encoded blob, not a copy
+    assert len(big) == 3 and big[2].startswith(P.LAST)
+    decoder = P.Decoder()
+    got = [m for chunk in big for m in decoder.feed(chunk)]
+    assert P.parse(got[0], P.FROM_HOST)["blob"] == text
+
+
 def test_long_strings_travel_as_raw_blobs_and_come_back_in_place() -> None:
     text = "abc\né\n" * (P.MAX_FRAME // 3)  # 2 MiB of UTF-8 -> 3 blob frames
     looks_like_a_ref = P.BLOB_REF + "0"
