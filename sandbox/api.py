@@ -19,6 +19,7 @@ budget) raises :class:`RLMCallError` in the model's code.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -182,7 +183,12 @@ def make_functions(
                     raise RLMCallError("the host ended the stream early")
         finally:
             if seen < total:
-                transport("stream_close", {"stream": stream})
+                # Refused when the cell that opened the stream has ended: the host
+                # cancelled the cell's streams then, so there is nothing left to close,
+                # and an error raised here would only surface as a warning wherever
+                # the generator happened to be collected.
+                with contextlib.suppress(RLMCallError):
+                    transport("stream_close", {"stream": stream})
 
     functions: dict[str, Any] = {
         "llm_query": llm_query,
