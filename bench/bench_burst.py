@@ -1,8 +1,12 @@
 """Bursts of Docker sessions through one warm pool: runs per second.
 
     .venv/bin/python bench/bench_burst.py [--bursts 10,50,200] [--pool 4] [--repeats 1]
+                                          [--raw]
 
 ``--parallel 1`` is the pool as it was (one refill start at a time, no growth).
+``--raw`` also times the engine alone after each burst: as many bare create + start +
+remove of the same container spec through the Docker SDK, all at once, with no
+runner handshake, context or cell: the bound a burst of sessions can approach.
 Each session of a burst starts at once: it takes a container from one
 ``ContainerPool`` (warm if one is ready, else started for it), loads a 3.6 MB
 context, runs one cell whose ``llm_batch`` sends 18 prompts to a fake batcher that
@@ -15,11 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import uuid
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
-from rlm.backends.docker import ContainerPool, ContainerSpec, DockerSandbox
+from rlm.backends.docker import ContainerPool, ContainerSpec, DockerSandbox, connect
 from rlm.bridge import SessionBridge
 from rlm.session import SessionState
 from rlm.subcalls.batcher import SubResult
@@ -67,6 +73,28 @@ async def burst(
     return took, warm, len(failures)
 
 
+async def raw_burst(n: int, spec: ContainerSpec) -> float:
+    client = await anyio.to_thread.run_sync(connect)
+    limiter = anyio.CapacityLimiter(n)
+
+    def lifecycle() -> None:
+        name = f"rlm-burst-raw-{uuid.uuid4().hex[:12]}"
+        container = client.containers.create(**spec.create_kwargs(name, {"rlm.burst": "raw"}))
+        try:
+            container.start()
+        finally:
+            client.api.remove_container(container.id, force=True)
+
+    async def one() -> None:
+        await anyio.to_thread.run_sync(lifecycle, limiter=limiter)
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return time.perf_counter() - started
+
+
 async def main_async(args: argparse.Namespace) -> None:
     spec = ContainerSpec(image=args.image, runtime=args.runtime)
     print(
@@ -74,12 +102,19 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{args.parallel} starts at once), median of {args.repeats}"
     )
     for n in (int(b) for b in args.bursts.split(",")):
-        results = [await burst(n, args.pool, spec, args) for _ in range(args.repeats)]
+        results, raws = [], []
+        for _ in range(args.repeats):  # interleaved, so both see the same load
+            results.append(await burst(n, args.pool, spec, args))
+            if args.raw:
+                raws.append(await raw_burst(n, spec))
         took = statistics.median(r[0] for r in results)
         print(
             f"  burst of {n:4}: {took:7.2f} s  {n / took:6.1f} runs/s  "
             f"warm {results[0][1]}/{n}  failed {results[0][2]}"
         )
+        if raws:
+            raw = statistics.median(raws)
+            print(f"    engine alone: {raw:7.2f} s  {n / raw:6.1f} containers/s")
 
 
 def main() -> None:
@@ -91,6 +126,7 @@ def main() -> None:
     parser.add_argument("--max-size", type=int, default=0, help="let the pool grow to this")
     parser.add_argument("--parallel", type=int, default=4, help="pool starts at once")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--raw", action="store_true", help="also time the engine alone")
     anyio.run(main_async, parser.parse_args())
 
 
