@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 from rlm_sandbox import protocol
-from rlm_sandbox.final import json_size
 
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.calls import CellCalls
+from rlm.backends.checks import bound_final, cap_output
 from rlm.backends.docker.channel import ContainerGone
 from rlm.backends.docker.container import ContainerSpec, SandboxContainer, describe_exit
 from rlm.backends.docker.source import ColdStart, ContainerSource
@@ -364,17 +364,10 @@ class DockerSandbox(Sandbox):
                 duration_s=duration,
                 state_lost=True,
             )
-        stdout, cut_out = _cap(message["stdout"], self.output_limit)
-        stderr, cut_err = _cap(message["stderr"], self.output_limit)
-        error = message["error"]
-        final = message["final"]  # its shape was checked with the frame
-        if final is not None and _final_size(final["value"]) > self.value_limit:
-            # The runner bounds it already; the host does not trust that it did.
-            final = None
-            error = (f"{error}\n" if error else "") + (
-                f"ValueError: the final answer is over the limit of {self.value_limit:,} "
-                "characters; give a shorter answer"
-            )
+        stdout, cut_out = cap_output(message["stdout"], self.output_limit)
+        stderr, cut_err = cap_output(message["stderr"], self.output_limit)
+        # The final's shape was checked with the frame.
+        final, error = bound_final(message["final"], message["error"], self.value_limit)
         if timed_out:
             error = (
                 f"TimeoutError: the cell ran over its {timeout:g} s limit and was interrupted; "
@@ -456,18 +449,3 @@ class DockerSandbox(Sandbox):
         state = await box.inspect_state()
         tail = bytes(box.channel.stderr).decode("utf-8", "replace").strip()[-300:]
         return describe_exit(state, box.spec, detail=str(exc), stderr=tail)
-
-
-def _final_size(value: Any) -> int:
-    try:
-        return json_size(value)
-    except (RecursionError, ValueError):  # nested past what the host will walk
-        return 1 << 62
-
-
-def _cap(text: str, limit: int) -> tuple[str, bool]:
-    # The runner caps output already; the host does not trust that it did.
-    marker = "\n... [output truncated"
-    if len(text) <= limit + 80:
-        return text, False
-    return text[:limit] + f"{marker}: {len(text) - limit:,} more characters]", True

@@ -33,10 +33,10 @@ from typing import Any
 import anyio
 import anyio.abc
 from rlm_sandbox import protocol
-from rlm_sandbox.final import json_size
 
 from rlm.backends.base import MIN_SNAPSHOT_BYTES, CellResult, Sandbox, Snapshot
 from rlm.backends.calls import CellCalls
+from rlm.backends.checks import bound_final, cap_output
 from rlm.backends.restricted.confine import Limits
 from rlm.backends.restricted.sandbox import STOP_GRACE_S, VARIABLE_TIMEOUT_S
 from rlm.backends.restricted.spawn import SPARES, Pipes, WorkerGone, drop_spares, kill, spawn
@@ -335,15 +335,8 @@ class ProcessSandbox(Sandbox):
                     state_lost=True,
                 )
             assert result is not None
-            error = result["error"]
-            final = result["final"]  # its shape was checked with the frame
-            if final is not None and _final_size(final["value"]) > self.value_limit:
-                # The worker bounds it already; the host does not trust that it did.
-                final = None
-                error = (f"{error}\n" if error else "") + (
-                    f"ValueError: the final answer is over the limit of {self.value_limit:,} "
-                    "characters; give a shorter answer"
-                )
+            # The final's shape was checked with the frame.
+            final, error = bound_final(result["final"], result["error"], self.value_limit)
             state_lost = bool(notice)
             if isinstance(error, str) and RESET_MARK in error:
                 # The worker gave up a thread that would not stop: it is not used again.
@@ -352,8 +345,8 @@ class ProcessSandbox(Sandbox):
             if notice:
                 error = f"{notice}\n{error}" if error else notice
             return CellResult(
-                stdout=_cap(result["stdout"], self.output_limit),
-                stderr=_cap(result["stderr"], self.output_limit),
+                stdout=cap_output(result["stdout"], self.output_limit)[0],
+                stderr=cap_output(result["stderr"], self.output_limit)[0],
                 error=error,
                 timed_out=bool(result["interrupted"]),
                 duration_s=round(time.monotonic() - started, 4),
@@ -435,17 +428,3 @@ def _exit_cause(code: int | None) -> str:
             return f"{name}: it used up its CPU time limit"
         return f"killed by {name}"
     return f"exit status {code}"
-
-
-def _final_size(value: Any) -> int:
-    try:
-        return json_size(value)
-    except (RecursionError, ValueError):  # nested past what the host will walk
-        return 1 << 62
-
-
-def _cap(text: str, limit: int) -> str:
-    # The worker caps output already; the host does not trust that it did.
-    if len(text) <= limit + 200:
-        return text
-    return text[:limit] + f"\n... [output truncated: {len(text) - limit:,} more characters]"
