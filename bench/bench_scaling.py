@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_scaling.py [--parts context,batch,sessions]
         [--mbs 1,10,100,1000] [--ns 10,100,1000,10000] [--ks 1,10,100]
         [--docker-ks 1,10,50,100] [--backends restricted,docker] [--latency 0.05]
-        [--repeats 2] [--docker-memory 4g]
+        [--repeats 2] [--docker-memory 4g] [--docker-read-sizes 65536]
 
 Every measurement runs in a fresh worker process (this file with ``--worker``), so
 its peak RSS (``ru_maxrss``) belongs to that one measurement; ``base`` is the
@@ -19,7 +19,9 @@ measurement added on top. Docker containers' memory is their cgroup's
   process), at the session's default concurrency c; the ideal is ceil(N/c)*L.
 - **sessions**: k ``RLM.acompletion`` runs at once in one process (each its own
   sandbox, Docker containers cold-started; a 20 kB context; a scripted root model
-  whose one cell sends 4 prompts with ``llm_batch``, then ``FINAL_VAR``).
+  whose one cell sends 4 prompts with ``llm_batch``, then ``FINAL_VAR``);
+  ``--docker-read-sizes`` adds Docker rows whose channels receive into a buffer of
+  that many bytes instead of the channel's own (what a live sandbox holds on the host).
 
 Sizes are interleaved across backends and repeats; each table prints the median
 (min-max), and between consecutive rows the growth exponent
@@ -226,6 +228,11 @@ async def _sessions_worker(args: dict[str, Any]) -> dict[str, Any]:
         backend=args["backend"],
         cell_timeout=600,
     )
+    if args.get("read_size"):
+        import rlm.backends.docker.channel as channel
+
+        # What each Docker sandbox's channel allocates to receive into.
+        channel._READ_SIZE = args["read_size"]  # type: ignore[attr-defined]
     rlm = RLM(config)
     await rlm.backend()
     answers: list[str] = []
@@ -439,22 +446,34 @@ def part_batch(opts: argparse.Namespace, url: str, server_pid: int) -> None:
 
 
 def part_sessions(opts: argparse.Namespace, url: str) -> None:
-    plan = {"restricted": [int(x) for x in opts.ks.split(",")]}
+    # Each way: (label, backend, the Docker channel's receive buffer or None), its ks.
+    plan = {("restricted", "restricted", None): [int(x) for x in opts.ks.split(",")]}
     if "docker" in opts.backends.split(","):
-        plan["docker"] = [int(x) for x in opts.docker_ks.split(",")]
+        docker_ks = [int(x) for x in opts.docker_ks.split(",")]
+        plan["docker", "docker", None] = docker_ks
+        for size in filter(None, opts.docker_read_sizes.split(",")):
+            plan[f"docker, {int(size) >> 10} KiB receive buffer", "docker", int(size)] = docker_ks
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for _ in range(opts.repeats):
         for k in sorted({k for ks in plan.values() for k in ks}):
-            for backend, ks in plan.items():
+            for (label, backend, read_size), ks in plan.items():
                 if k in ks:
-                    r = run_worker({"part": "sessions", "backend": backend, "k": k, "url": url})
-                    runs.setdefault((backend, k), []).append(r)
-                    print(f"  sessions {backend} k={k}: {r}", file=sys.stderr, flush=True)
+                    r = run_worker(
+                        {
+                            "part": "sessions",
+                            "backend": backend,
+                            "k": k,
+                            "url": url,
+                            "read_size": read_size,
+                        }
+                    )
+                    runs.setdefault((label, k), []).append(r)
+                    print(f"  sessions {label} k={k}: {r}", file=sys.stderr, flush=True)
     print(
         f"\nconcurrent sessions: k runs at once in one process (2 root calls and 4 sub-calls "
         f"each, {opts.latency * 1e3:.0f} ms a call); median [min-max]; memory MB"
     )
-    for backend, ks in plan.items():
+    for (backend, _, _), ks in plan.items():
         print(f"  {backend}")
         print(
             "       k   wall                    runs/s  ms/run  host base  +peak  MB/run"
@@ -503,6 +522,11 @@ def main() -> None:
     parser.add_argument("--ks", default="1,10,100")
     parser.add_argument("--docker-ks", default="1,10,50,100")
     parser.add_argument("--backends", default="restricted,docker")
+    parser.add_argument(
+        "--docker-read-sizes",
+        default="",
+        help="sessions: also Docker with the channel's receive buffer at these sizes (bytes)",
+    )
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--docker-memory", default="4g")
