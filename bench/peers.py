@@ -928,6 +928,7 @@ def main() -> None:
     details: dict[str, dict[str, list[Any]]] = {s: {} for s in systems}
     errors: dict[str, dict[str, str]] = {s: {} for s in systems}
     started, load_before = time.time(), os.getloadavg()
+    loads: list[float] = [load_before[0]]
 
     def collect(system: str, wanted: list[str]) -> None:
         doable = [g for g in wanted if (system, g) not in NOT_APPLICABLE]
@@ -945,7 +946,12 @@ def main() -> None:
             else:
                 runs[system].setdefault(row, []).append(float(value))
         took = time.perf_counter() - t
-        print(f"  {system} {','.join(doable)}: {took:.1f} s", file=sys.stderr, flush=True)
+        loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
+        print(
+            f"  {system} {','.join(doable)}: {took:.1f} s, load {loads[-1]:.1f}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
         # Memory is measured in a process of its own, where no earlier row has left
@@ -964,12 +970,13 @@ def main() -> None:
         server.terminate()
         server.wait()
         workdir.cleanup()
-    load_after = os.getloadavg()
+    load_after, took_all = os.getloadavg(), time.time() - started
 
     med = {s: {r: statistics.median(v) for r, v in runs[s].items()} for s in systems}
     print(
         f"\n{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {os.cpu_count()} CPUs, "
-        f"load average {load_before[0]:.2f} at start, {load_after[0]:.2f} at end; "
+        f"{took_all / 60:.1f} min; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+        f"(sampled after each worker; {load_after[0]:.1f} at the end); "
         f"model server latency {args.latency * 1e3:.0f} ms (0 ms for the sub-call rows); "
         f"median [min-max] of {args.repeats} interleaved runs (sessions: one run)"
     )
@@ -1028,7 +1035,8 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "cpus": os.cpu_count(),
-        "load_average": {"start": load_before, "end": load_after},
+        "minutes": took_all / 60,
+        "load_average": {"start": load_before, "end": load_after, "after_each_worker": loads},
         "latency_s": args.latency,
         "repeats": args.repeats,
         "runs": runs,
