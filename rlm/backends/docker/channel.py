@@ -7,21 +7,18 @@ message validated (:mod:`rlm_sandbox.protocol`) before anyone acts on it.
 from __future__ import annotations
 
 import contextlib
-import gc
-import re
 import socket
 import ssl
 import struct
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from rlm_sandbox import protocol
 
 from rlm.backends.docker.engine import engine_address
-from rlm.errors import ProtocolError, SandboxUnavailable
+from rlm.backends.inbox import MAX_VALUES, Inbox
+from rlm.errors import SandboxUnavailable
 
 _STREAM_HEADER = struct.Struct(">BxxxL")
 _STDERR_KEEP = 4096
@@ -54,8 +51,9 @@ class Channel:
         self._head = bytearray()
         self._stream = 0
         self._left = 0
-        self._decoder = protocol.Decoder(max_message=max_message)
-        self._ready: list[bytes] = []
+        self._messages = Inbox(
+            self._fill, self._refuse, max_message=max_message, max_values=MAX_VALUES
+        )
         self.stderr = bytearray()
         # fast_acquire: an uncontended send takes the lock without a trip round the
         # event loop (a sub-call's reply paid one per call).
@@ -113,35 +111,15 @@ class Channel:
         A ``call`` too big to decode (more than :data:`MAX_VALUES` JSON values) is
         refused here, to the runner, and the next message read: the session goes on.
         """
-        while True:
-            while not self._ready:
-                await self._fill()
-            payload = self._ready[0]
-            try:
-                if _size(payload) < _PARSE_ON_LOOP:
-                    message = _parse(payload)
-                else:
-                    # Decoding a large message takes seconds of CPU: off the event
-                    # loop, so other sessions go on. Cancelled, it is read again.
-                    message = await anyio.to_thread.run_sync(_parse_large, payload)
-            except protocol.TooManyValues as exc:
-                call = _CALL_HEAD.match(payload[:64])
-                if call is None or int(call.group(1)) > protocol.MAX_ID:
-                    raise ProtocolError(str(exc)) from None
-                # The runner frames a call with its type and id first, so the id is
-                # read without decoding the rest.
-                self._ready.pop(0)
-                await self.send({"type": "refused", "id": int(call.group(1)), "message": _TOO_MANY})
-                continue
-            except protocol.ProtocolViolation as exc:
-                raise ProtocolError(str(exc)) from None
-            self._ready.pop(0)
-            return message
+        return await self._messages.receive()
+
+    async def _refuse(self, call_id: int, why: str) -> None:
+        await self.send({"type": "refused", "id": call_id, "message": why})
 
     async def _fill(self) -> None:
         """Read from the socket until at least one whole message has arrived."""
         inbox = self._inbox
-        while not self._ready:
+        while self._messages.empty:
             try:
                 # Into one reused buffer: a fresh 1 MiB bytes per read cost page faults.
                 size = self.sock.recv_into(inbox)
@@ -173,10 +151,7 @@ class Channel:
             take = min(self._left, end - pos)
             with data[pos : pos + take] as piece:
                 if self._stream == 1:
-                    try:
-                        self._ready.extend(self._decoder.feed(piece))
-                    except protocol.ProtocolViolation as exc:
-                        raise ProtocolError(str(exc)) from None
+                    self._messages.feed(piece)
                 elif self._stream == 2:
                     self.stderr += piece
                     del self.stderr[:-_STDERR_KEEP]
@@ -195,50 +170,6 @@ class Channel:
                 pass
 
 
-#: Messages this large (JSON and blobs) are decoded in a worker thread, not on the loop.
-_PARSE_ON_LOOP = 1 << 20
 #: Bytes read from the attach socket at a time, and its kernel buffers.
 _READ_SIZE = 1 << 20
 _SOCKET_BUFFER = 4 << 20
-
-
-def _size(payload: bytes) -> int:
-    return len(payload) + sum(len(b) for b in getattr(payload, "blobs", ()))
-
-
-#: JSON values one message from a sandbox may hold: decoded, each costs the host
-#: about 50 bytes however small its text (8 million empty lists in 32 MB took 800 MB
-#: and, on the event loop, 10-17 s), while a batch of 10,000 prompts or a context of
-#: a million lines is below it.
-MAX_VALUES = 2_000_000
-
-#: The head of a call frame as the runner writes it: its type, then its id.
-_CALL_HEAD = re.compile(rb'\{"type":"call","id":(0|[1-9]\d{0,15}),')
-_TOO_MANY = (
-    f"this request holds more than {MAX_VALUES:,} JSON values, over what one request may "
-    "hold; send fewer, larger items (join small strings, or give each call a slice)"
-)
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-
-
-def _parse(payload: bytes) -> dict[str, Any]:
-    return protocol.parse(payload, protocol.FROM_SANDBOX, max_values=MAX_VALUES)
-
-
-def _parse_large(payload: bytes) -> dict[str, Any]:
-    """:func:`_parse` with the cyclic collector paused: decoding a million small
-    containers otherwise sets off collections over the whole heap, which took
-    json.loads from 0.1 s to seconds (it holds the interpreter lock throughout)."""
-    global _gc_pauses
-    with _gc_lock:
-        _gc_pauses += 1
-        gc.disable()
-    try:
-        return _parse(payload)
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0:
-                gc.enable()

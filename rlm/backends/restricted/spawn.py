@@ -13,23 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
 from typing import Any
 
 import anyio
-import anyio.to_thread
 from rlm_sandbox import protocol
 
+from rlm.backends.inbox import MAX_VALUES, Inbox
 from rlm.backends.restricted.confine import Limits
-from rlm.errors import ProtocolError
-
-#: JSON values one message from a worker may hold (as for Docker's runner).
-MAX_VALUES = 2_000_000
-_PARSE_ON_LOOP = 1 << 20
-_CALL_HEAD = re.compile(rb'\{"type":"call","id":(\d{1,16}),')
 
 
 class WorkerGone(Exception):
@@ -127,8 +120,7 @@ class Pipes:
         self.proc = proc
         self._out = proc.stdin.fileno()
         self._in = proc.stdout.fileno()
-        self._decoder = protocol.Decoder()
-        self._ready: list[bytes] = []
+        self._messages = Inbox(self._fill, self._refuse, max_values=MAX_VALUES)
         self._send_lock = anyio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -147,31 +139,13 @@ class Pipes:
                     raise WorkerGone(f"sending to the worker failed: {exc}") from None
 
     async def receive(self) -> dict[str, Any]:
-        while True:
-            while not self._ready:
-                await self._fill()
-            payload = self._ready[0]
-            try:
-                if len(payload) < _PARSE_ON_LOOP:
-                    message = _parse(payload)
-                else:
-                    message = await anyio.to_thread.run_sync(_parse, payload)
-            except protocol.TooManyValues as exc:
-                call = _CALL_HEAD.match(payload[:64])
-                # An id past MAX_ID cannot be answered (the worker refuses such a
-                # reply), as on the Docker channel: the session ends instead.
-                if call is None or int(call.group(1)) > protocol.MAX_ID:
-                    raise ProtocolError(str(exc)) from None
-                self._ready.pop(0)
-                await self.send({"type": "refused", "id": int(call.group(1)), "message": str(exc)})
-                continue
-            except protocol.ProtocolViolation as exc:
-                raise ProtocolError(str(exc)) from None
-            self._ready.pop(0)
-            return message
+        return await self._messages.receive()
+
+    async def _refuse(self, call_id: int, why: str) -> None:
+        await self.send({"type": "refused", "id": call_id, "message": why})
 
     async def _fill(self) -> None:
-        while not self._ready:
+        while self._messages.empty:
             try:
                 data = os.read(self._in, 1 << 20)
             except BlockingIOError:
@@ -181,11 +155,4 @@ class Pipes:
                 raise WorkerGone(f"reading from the worker failed: {exc}") from None
             if not data:
                 raise WorkerGone("the worker closed its output")
-            try:
-                self._ready.extend(self._decoder.feed(data))
-            except protocol.ProtocolViolation as exc:
-                raise ProtocolError(str(exc)) from None
-
-
-def _parse(payload: bytes) -> dict[str, Any]:
-    return protocol.parse(payload, protocol.FROM_SANDBOX, max_values=MAX_VALUES)
+            self._messages.feed(data)
