@@ -32,6 +32,7 @@ from rlm.answers import answer_schema as check_schema
 from rlm.children import Children
 from rlm.errors import ConfigurationError, RLMError, SandboxError, SnapshotError
 from rlm.loop import RootLoop
+from rlm.overlap import beside
 from rlm.prompts import NO_CONTEXT, describe_context
 from rlm.result import RLMResult, finished_status
 from rlm.stack import SessionStack, build_session, model_client
@@ -290,7 +291,7 @@ class RLMSession:
         )
         # The sandbox starts and takes its context while the first root call is in
         # flight: a container start and a large context cost as much as a model call.
-        ending = await _beside(prepare, lambda: loop.run(query, latest, note=note))
+        ending = await beside(prepare, lambda: loop.run(query, latest, note=note))
         events = self._trajectory.events[mark:]
         lost = any(e.get("state_lost") for e in events if e["event"] == "output")
         if lost:
@@ -528,52 +529,6 @@ class RLMSession:
     def _trajectory_note(self, why: str) -> None:
         if self._stack is not None:
             self._stack.session.event("session_closed", reason=why, turns=self.turns)
-
-
-async def _beside(prepare: Callable[[], Awaitable[None]], body: Callable[[], Awaitable[T]]) -> T:
-    """``body()``'s result, run while ``prepare()`` runs.
-
-    ``prepare`` failing cancels ``body`` and its error is raised. ``body`` failing
-    waits for ``prepare`` to finish first, so that a failed model call leaves the
-    session's sandbox whole (started, its context bound) for the next turn; only a
-    cancellation stops both at once, as it would have stopped them one after another.
-    """
-    outcome: list[T] = []
-    failure: list[Exception] = []
-
-    async def run_body() -> None:
-        try:
-            outcome.append(await body())
-        except Exception as exc:
-            failure.append(exc)
-
-    error: BaseException | None = None
-    try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(prepare)
-            group.start_soon(run_body)
-    except BaseExceptionGroup as errors:
-        error = _first(errors)
-    if error is not None:
-        # Raised out here, the error keeps its own cause and is not chained to the group.
-        raise error
-    if failure:
-        raise failure[0]
-    return outcome[0]
-
-
-def _first(errors: BaseExceptionGroup) -> BaseException:
-    """The error a task group's group stands for: the first that is not a cancellation."""
-    flat: list[BaseException] = []
-    pending: list[BaseException] = [errors]
-    while pending:
-        error = pending.pop(0)
-        if isinstance(error, BaseExceptionGroup):
-            pending[:0] = error.exceptions
-        else:
-            flat.append(error)
-    cancelled = anyio.get_cancelled_exc_class()
-    return next((e for e in flat if not isinstance(e, cancelled)), flat[0])
 
 
 def _split(blob: bytes) -> tuple[dict[str, Any], bytes]:
