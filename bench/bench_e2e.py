@@ -12,6 +12,10 @@ runs in a process of its own and answers every call, root and sub, after
 ``--latency`` seconds. Each run is ``RLM.completion`` from start to answer (sandbox
 start, context load, two root calls, the sub-calls); runs are interleaved across the
 four ways and the median (min-max) printed, with the ratios the targets name.
+
+``--compare-start`` runs the batched way only, alternating a turn that starts its
+sandbox beside the first root call (what rlm does) with one that starts it first and
+then calls the root model (what it did before), to measure what the overlap gives.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+import rlm.sessions
 from rlm import RLM, RLMConfig
 from rlm.demo import make_haystack
+from rlm.overlap import beside
 
 _SERVER = """
 import json, signal, sys
@@ -52,6 +60,14 @@ def script(chunk: int, batched: bool) -> list[str]:
     ]
 
 
+async def one_after_another(
+    prepare: Callable[[], Awaitable[None]], body: Callable[[], Awaitable[Any]]
+) -> Any:
+    """A turn as it ran before the overlap: the sandbox first, then the root model."""
+    await prepare()
+    return await body()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mb", type=float, default=40)
@@ -60,7 +76,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sequential-repeats", type=int, default=1)
     parser.add_argument("--backends", default="docker,restricted")
+    parser.add_argument("--compare-start", action="store_true")
     args = parser.parse_args()
+    modes = ("beside", "first") if args.compare_start else ("batched", "sequential")
+    if args.compare_start:
+        args.sequential_repeats = args.repeats
 
     haystack = make_haystack(int(args.mb * 1e6 / 47))  # ~47 characters a line
     scripts = {
@@ -92,16 +112,18 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {}
     try:
         for i in range(max(args.repeats, args.sequential_repeats)):
-            for mode in ("batched", "sequential"):
-                if i >= (args.repeats if mode == "batched" else args.sequential_repeats):
+            for mode in modes:
+                if i >= (args.repeats if mode != "sequential" else args.sequential_repeats):
                     continue
+                # The session module looks the overlap up at each turn.
+                rlm.sessions.beside = one_after_another if mode == "first" else beside  # type: ignore[assignment]
                 for backend in backends:
-                    rlm = rlms[backend]
+                    runner = rlms[backend]
                     started = time.perf_counter()
                     result = (
-                        rlm.completion(haystack.text, haystack.query, **{})
-                        if mode == "batched"
-                        else RLM(rlm.config.with_(model="root-sequential")).completion(
+                        runner.completion(haystack.text, haystack.query)
+                        if mode != "sequential"
+                        else RLM(runner.config.with_(model="root-sequential")).completion(
                             haystack.text, haystack.query
                         )
                     )
@@ -129,8 +151,13 @@ def main() -> None:
             speedup = med[backend, "sequential"] / med[backend, "batched"]
             print(f"  {backend}: batched is {speedup:.1f}x faster than sequential")
     if {"docker", "restricted"} <= set(backends):
-        ratio = med["docker", "batched"] / med["restricted", "batched"]
-        print(f"  docker / restricted, batched: {ratio:.2f}")
+        for mode in modes[:1] if not args.compare_start else modes:
+            ratio = med["docker", mode] / med["restricted", mode]
+            print(f"  docker / restricted, {mode}: {ratio:.2f}")
+    if args.compare_start:
+        for backend in backends:
+            ratio = med[backend, "beside"] / med[backend, "first"]
+            print(f"  {backend}: starting beside the root call / starting first: {ratio:.2f}")
 
 
 if __name__ == "__main__":
