@@ -20,8 +20,9 @@ measurement added on top. Docker containers' memory is their cgroup's
 - **sessions**: k ``RLM.acompletion`` runs at once in one process (each its own
   sandbox, Docker containers cold-started; a 20 kB context; a scripted root model
   whose one cell sends 4 prompts with ``llm_batch``, then ``FINAL_VAR``);
-  ``--docker-read-sizes`` adds Docker rows whose channels receive into a buffer of
-  that many bytes instead of the channel's own (what a live sandbox holds on the host).
+  ``--docker-read-sizes`` adds Docker rows whose channels receive into a fixed buffer
+  of that many bytes instead of the channel's own, which starts at 64 KiB and grows to
+  1 MiB when a read fills it (what a live sandbox holds on the host).
 
 Sizes are interleaved across backends and repeats; each table prints the median
 (min-max), and between consecutive rows the growth exponent
@@ -231,8 +232,9 @@ async def _sessions_worker(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("read_size"):
         import rlm.backends.docker.channel as channel
 
-        # What each Docker sandbox's channel allocates to receive into.
-        channel._READ_SIZE = args["read_size"]  # type: ignore[attr-defined]
+        # A fixed receive buffer of this size for each Docker sandbox's channel (the
+        # channel's own starts at 64 KiB and grows to 1 MiB when a read fills it).
+        channel._FIRST_READ_SIZE = channel._READ_SIZE = args["read_size"]  # type: ignore[attr-defined]
     rlm = RLM(config)
     await rlm.backend()
     answers: list[str] = []

@@ -21,6 +21,9 @@ async def beside(prepare: Callable[[], Awaitable[None]], body: Callable[[], Awai
     outcome: list[T] = []
     failure: list[Exception] = []
 
+    async def run_prepare() -> None:
+        await prepare()
+
     async def run_body() -> None:
         try:
             outcome.append(await body())
@@ -30,7 +33,7 @@ async def beside(prepare: Callable[[], Awaitable[None]], body: Callable[[], Awai
     error: BaseException | None = None
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(prepare)
+            group.start_soon(run_prepare)
             group.start_soon(run_body)
     except BaseExceptionGroup as errors:
         error = _first(errors)

@@ -77,7 +77,9 @@ async def running_service(
         batcher = Batcher(model_client(base), max_concurrent=config.server.max_concurrent_sub_calls)
         stack.push_async_callback(batcher.client.aclose)
         placement = await _open_placement(config, base, stack)
-        pools = {spec: placement.source(spec) for spec in placement.specs} if placement else {}
+        pools: dict[ContainerSpec, ContainerSource] = (
+            {spec: placement.source(spec) for spec in placement.specs} if placement else {}
+        )
 
         def make_rlm(run_config: RLMConfig, on_event: Callable[[dict[str, Any]], None]) -> RLM:
             pool = None

@@ -46,7 +46,9 @@ class Channel:
             # Fewer wake-ups per MB of a context or a batch's prompts.
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-        self._inbox = bytearray(_READ_SIZE)
+        # Small until bulk data arrives: a live sandbox's buffer is host memory held
+        # for as long as it lives, and most only ever see small frames.
+        self._inbox = bytearray(_FIRST_READ_SIZE)
         # Docker's multiplexing: the header being read, then the rest of its chunk.
         self._head = bytearray()
         self._stream = 0
@@ -132,6 +134,9 @@ class Channel:
                 raise ContainerGone("the container closed its output")
             with memoryview(inbox) as view, view[:size] as data:
                 self._demux(data)
+            if size == len(inbox) and size < _READ_SIZE:
+                # A read filled it: bulk data is coming, read it in bigger pieces.
+                inbox = self._inbox = bytearray(_READ_SIZE)
 
     def _demux(self, data: memoryview) -> None:
         # Docker multiplexes stdout and stderr: an 8-byte header (stream, size) per
@@ -170,6 +175,8 @@ class Channel:
                 pass
 
 
-#: Bytes read from the attach socket at a time, and its kernel buffers.
+#: Bytes read from the attach socket at a time: at first, once a read has filled the
+#: buffer; and the socket's kernel buffers.
+_FIRST_READ_SIZE = 1 << 16
 _READ_SIZE = 1 << 20
 _SOCKET_BUFFER = 4 << 20

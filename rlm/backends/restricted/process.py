@@ -324,12 +324,12 @@ class ProcessSandbox(Sandbox):
                 )
             if lost is not None:
                 await self._discard()
-                error = (
+                gone = (
                     f"{lost}; the next cell runs in a fresh one: every variable except "
                     "`context` is gone"
                 )
                 return CellResult(
-                    error=f"{notice}\n{error}".strip(),
+                    error=f"{notice}\n{gone}".strip(),
                     timed_out=result is None and "killed" in lost and "time limit" in lost,
                     duration_s=round(time.monotonic() - started, 4),
                     state_lost=True,
