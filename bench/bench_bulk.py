@@ -20,14 +20,14 @@ Each row prints MB/s and its ratio to the raw socket in the same direction.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import socket
 import statistics
 import struct
 import time
-import uuid
 from typing import Any
 
 import anyio
+from raw_attach import raw_container
 
 from rlm.backends.docker import ColdStart, ContainerSpec, DockerSandbox, connect
 from rlm.bridge import SessionBridge
@@ -58,69 +58,53 @@ def bridge() -> SessionBridge:
 
 async def raw_attach(spec: ContainerSpec, size: int) -> tuple[float, float]:
     """Seconds to push ``size`` bytes in and to pull ``size`` bytes out, raw."""
-    import socket as socketlib
-
     client = connect()
-    kwargs = spec.create_kwargs(f"rlm-bench-{uuid.uuid4().hex[:10]}", {"rlm-bench": "1"})
-    kwargs.update(entrypoint=["python3", "-c", _SINK, str(size)], command=None)
-    container = await anyio.to_thread.run_sync(lambda: client.containers.create(**kwargs))
     try:
-
-        def attach() -> Any:
-            s = client.api.attach_socket(
-                container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-            )
-            container.start()
-            return s
-
-        keep = await anyio.to_thread.run_sync(attach)
-        sock: socketlib.socket = getattr(keep, "_sock", keep)
-        sock.setblocking(False)
-        payload = memoryview(b"x" * size)
-        header = struct.Struct(">BxxxL")
-
-        async def recv_until(n: int) -> None:
-            got, raw = 0, bytearray()
-            while got < n:
-                try:
-                    data = sock.recv(1 << 20)
-                except BlockingIOError:
-                    await anyio.wait_readable(sock)
-                    continue
-                if not data:
-                    raise RuntimeError("sink closed")
-                raw += data
-                pos = 0
-                while len(raw) - pos >= 8:
-                    _, length = header.unpack_from(raw, pos)
-                    if len(raw) - pos - 8 < length:
-                        break
-                    got += length
-                    pos += 8 + length
-                del raw[:pos]
-
-        t = time.perf_counter()
-        view = payload
-        while view:
-            try:
-                view = view[sock.send(view[: 1 << 20]) :]
-            except BlockingIOError:
-                await anyio.wait_writable(sock)
-        await recv_until(len(b"%d\n" % size))
-        push = time.perf_counter() - t
-        t = time.perf_counter()
-        sock.send(b"g")
-        await recv_until(size)
-        pull = time.perf_counter() - t
-        sock.send(b"x")
-        keep.close()
-        return push, pull
+        async with raw_container(client, spec, _SINK, str(size)) as sock:
+            return await _push_pull(sock, size)
     finally:
-        import docker.errors
-
-        with contextlib.suppress(docker.errors.APIError):  # it removes itself once done
-            await anyio.to_thread.run_sync(lambda: container.remove(force=True))
         client.close()
+
+
+async def _push_pull(sock: socket.socket, size: int) -> tuple[float, float]:
+    payload = memoryview(b"x" * size)
+    header = struct.Struct(">BxxxL")
+
+    async def recv_until(n: int) -> None:
+        got, raw = 0, bytearray()
+        while got < n:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            if not data:
+                raise RuntimeError("sink closed")
+            raw += data
+            pos = 0
+            while len(raw) - pos >= 8:
+                _, length = header.unpack_from(raw, pos)
+                if len(raw) - pos - 8 < length:
+                    break
+                got += length
+                pos += 8 + length
+            del raw[:pos]
+
+    t = time.perf_counter()
+    view = payload
+    while view:
+        try:
+            view = view[sock.send(view[: 1 << 20]) :]
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+    await recv_until(len(b"%d\n" % size))
+    push = time.perf_counter() - t
+    t = time.perf_counter()
+    sock.send(b"g")
+    await recv_until(size)
+    pull = time.perf_counter() - t
+    sock.send(b"x")
+    return push, pull
 
 
 async def ours(spec: ContainerSpec, size: int) -> tuple[float, float]:

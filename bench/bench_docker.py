@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import statistics
 import struct
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.to_thread
-import docker.errors
+from raw_attach import raw_container
 from rlm_sandbox import protocol
 
 from rlm.backends.docker import (
@@ -79,50 +77,32 @@ async def raw_echo(
     client: Any, spec: ContainerSpec
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """A frame's round trip over a bare attach socket: host -> echo -> host."""
-    kwargs = spec.create_kwargs(f"rlm-bench-{uuid.uuid4().hex[:10]}", {"rlm-bench": "1"})
-    kwargs.update(entrypoint=["python3", "-c", _ECHO], command=None)
-    container = await anyio.to_thread.run_sync(lambda: client.containers.create(**kwargs))
+    async with raw_container(client, spec, _ECHO) as sock:
+        inbox = bytearray()
 
-    def attach() -> Any:
-        keep = client.api.attach_socket(
-            container.id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
-        )
-        container.start()
-        return keep
+        async def round_trip() -> None:
+            sock.send(_CALL_FRAME)
+            want = len(_CALL_FRAME)
+            while True:
+                while len(inbox) >= _DOCKER_HEADER.size:
+                    _, size = _DOCKER_HEADER.unpack_from(inbox)
+                    if len(inbox) < _DOCKER_HEADER.size + size:
+                        break
+                    del inbox[: _DOCKER_HEADER.size + size]
+                    want -= size
+                if want <= 0:
+                    return
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                    continue
+                if not data:
+                    raise RuntimeError("the echo container closed its output")
+                inbox.extend(data)
 
-    keep = await anyio.to_thread.run_sync(attach)
-    sock: socket.socket = getattr(keep, "_sock", keep)
-    sock.setblocking(False)
-    inbox = bytearray()
-
-    async def round_trip() -> None:
-        sock.send(_CALL_FRAME)
-        want = len(_CALL_FRAME)
-        while True:
-            while len(inbox) >= _DOCKER_HEADER.size:
-                _, size = _DOCKER_HEADER.unpack_from(inbox)
-                if len(inbox) < _DOCKER_HEADER.size + size:
-                    break
-                del inbox[: _DOCKER_HEADER.size + size]
-                want -= size
-            if want <= 0:
-                return
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                await anyio.wait_readable(sock)
-                continue
-            if not data:
-                raise RuntimeError("the echo container closed its output")
-            inbox.extend(data)
-
-    try:
         await round_trip()
         yield round_trip
-    finally:
-        keep.close()
-        with contextlib.suppress(docker.errors.APIError):  # it removes itself once done
-            await anyio.to_thread.run_sync(lambda: container.remove(force=True))
 
 
 def ms(seconds: float) -> str:
