@@ -175,8 +175,9 @@ class Channel:
                 pass
 
 
-#: Bytes read from the attach socket at a time: at first, once a read has filled the
-#: buffer; and the socket's kernel buffers.
+#: Bytes read from the attach socket at a time: at first, and once a read has filled
+#: the buffer (bulk data is coming).
 _FIRST_READ_SIZE = 1 << 16
 _READ_SIZE = 1 << 20
+#: The socket's kernel buffers, each way.
 _SOCKET_BUFFER = 4 << 20
