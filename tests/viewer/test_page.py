@@ -73,8 +73,13 @@ def test_the_demo_run_shows_its_iterations_batch_and_answer(
     assert final.text.strip() == answer
     # Code is highlighted: llm_batch is marked as rlm's own function.
     assert "llm_batch" in [s.text for s in css(browser, ".cell .tok-rlm")]
-    # The timeline has a bar for each root call, and the batch.
-    assert len(css(browser, ".tl-bar.tl-call")) >= 1 and css(browser, ".tl-bar.tl-batch")
+    # The timeline has a bar for each root call, and the batch. It is redrawn on a
+    # timer, not with the tree, so the last events may reach it a moment later.
+    wait_for(
+        lambda: css(browser, ".tl-bar.tl-call") and css(browser, ".tl-bar.tl-batch"),
+        5,
+        "the timeline's root calls and batch",
+    )
     # A bar on the timeline opens its iteration in the tree.
     third = css(browser, ".iteration[data-iteration='3']")[0]
     browser.execute_script("arguments[0].open = false", third)
@@ -158,7 +163,7 @@ def test_a_depth_two_child_is_nested_under_the_cell_that_started_it(
 
         wait_for(lambda: len(labels()) == 3, 5, "the timeline's rows")
         assert labels() == ["time", f"run {result.session_id}", f"child {child_id}"]
-        assert css(browser, ".tl-bar.tl-child")
+        wait_for(lambda: css(browser, ".tl-bar.tl-child"), 5, "the child's bar")
 
 
 HOSTILE = [
