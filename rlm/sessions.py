@@ -271,7 +271,7 @@ class RLMSession:
         async def prepare() -> None:
             await self._start_sandbox(stack)
             if context is not None:
-                await self._bind_context(stack, context)
+                await self._bind_context(stack, context, latest)
             if self.history:
                 await sandbox.bind("history", self.history)
             ready.set()
@@ -353,16 +353,17 @@ class RLMSession:
             raise
         self._sandbox_started = True
 
-    async def _bind_context(self, stack: SessionStack, context: Any) -> None:
-        """Bind ``context`` as ``context`` and as the next ``context_k`` (one copy)."""
+    async def _bind_context(self, stack: SessionStack, context: Any, kind: str) -> None:
+        """Bind ``context`` (described as ``kind``) as ``context`` and as the next
+        ``context_k`` (one copy)."""
         sandbox = stack.sandbox
         await sandbox.load_context(context)
         name = f"context_{len(self._contexts)}"
         result = await sandbox.execute(f"{name} = context", 30.0)
         if result.error:
             raise SandboxError(f"could not bind {name} in the sandbox: {result.error[-300:]}")
-        self._latest = describe_context(context)
-        self._contexts.append(self._latest)
+        self._latest = kind
+        self._contexts.append(kind)
 
     def _note(self, turn: int, contexts: list[str]) -> str:
         """What the root model is told about the session, past the first turn, once
